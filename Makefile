@@ -1,0 +1,45 @@
+# `make pipeline`: set up and run the whole pipeline (dvc repro) on real Omniglot.
+# `make test`: set up and run the checks and the test suite (what CI runs).
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+# In a workplace with the data beside the checkout, take it from there (no download).
+SHARED_DATA := $(abspath ../shared/data/omniglot)
+ifeq ($(origin OMNIGLOT_SOURCE), undefined)
+  ifneq ($(wildcard $(SHARED_DATA)/SHA256SUMS),)
+    export OMNIGLOT_SOURCE := $(SHARED_DATA)
+  endif
+endif
+
+# Prefect with no server: its embedded database lives in the project, offline.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: pipeline test lint flow bench setup
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+pipeline: setup
+	dvc repro
+	dvc metrics show
+
+lint: setup
+	ruff check .
+
+test: lint
+	pytest -q
+
+flow: setup
+	siamese run
+
+bench: setup
+	siamese bench

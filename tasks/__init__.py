@@ -1,0 +1,1 @@
+"""Pipeline stages of the siamese one-shot Omniglot project: one module per stage."""

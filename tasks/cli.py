@@ -1,0 +1,114 @@
+"""`siamese`: one sub-command per pipeline stage (what dvc.yaml calls), plus the tools around it.
+
+Each sub-command imports its module only when it runs, so `siamese --help` stays fast and the
+training and evaluation code runs where prefect and dvc are not installed.
+"""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from tasks import paths
+from tasks.errors import PipelineError
+
+STAGES = {
+    "fetch": "download or copy the Omniglot zips, verify their checksums, unpack them",
+    "index": "index the images into Parquet manifests and pack their pixels",
+    "split": "assign each image a role: train, valid, holdout or test",
+    "pairs": "sample same/different pairs for training and verification",
+    "trials": "sample n-way one-shot trials, and map Lake's 20 runs",
+    "train": "train the twin network",
+    "evaluate": "n-way one-shot accuracy, verification accuracy, report and pictures",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siamese", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in STAGES.items():
+        stage = commands.add_parser(name, help=help_text, description=help_text)
+        stage.add_argument("--params", type=Path, default=paths.PARAMS, help="parameter file")
+        if name == "train":
+            stage.add_argument("--device", help="override train.device (cpu, cuda, cuda:1, ...)")
+
+    classify = commands.add_parser("classify", help="classify your own character images")
+    classify.add_argument("--model", type=Path, default=paths.MODEL, help="trained checkpoint")
+    classify.add_argument("--support", type=Path, nargs="+", required=True, help="one image per class")
+    classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
+    classify.add_argument("--device", default="cpu")
+
+    lineage = commands.add_parser("lineage", help="audit where a metric, model or image came from")
+    lineage.add_argument("target", help="reports/metrics.json, a model path, or an image_id")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = commands.add_parser("run", help="run the pipeline as a Prefect flow (one task per stage)")
+    run.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
+
+    serve = commands.add_parser("serve", help="serve the pipeline flow on a Prefect schedule")
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=float, help="seconds between runs")
+    serve.add_argument("--name", default="omniglot-scheduled", help="deployment name")
+
+    sweep = commands.add_parser("sweep", help="run a grid of parameter overrides as DVC experiments")
+    sweep.add_argument("--set", dest="grid", action="append", required=True, metavar="KEY=V1,V2",
+                       help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable)")
+    sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once")
+
+    bench = commands.add_parser("bench", help="measure the speed of every stage; writes reports/bench.json")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> None:
+    if args.command in STAGES:
+        from tasks.params import load_params
+
+        params = load_params(args.params)
+        module = importlib.import_module(f"tasks.{args.command}")
+        if args.command == "train":
+            module.run(params, device=args.device)
+        else:
+            module.run(params)
+    elif args.command == "classify":
+        from tasks.classify import run
+
+        run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
+    elif args.command == "lineage":
+        from tasks.lineage import run
+
+        run(args.target, as_json=args.json, out=sys.stdout)
+    elif args.command == "run":
+        from flows.pipeline import run_pipeline
+
+        run_pipeline(force=args.force)
+    elif args.command == "serve":
+        from flows.pipeline import serve_pipeline
+
+        serve_pipeline(cron=args.cron, interval=args.interval, name=args.name)
+    elif args.command == "sweep":
+        from flows.sweep import run_sweep
+
+        run_sweep(args.grid, jobs=args.jobs)
+    elif args.command == "bench":
+        from tasks.bench import run
+
+        run(quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        dispatch(args)
+    except PipelineError as e:
+        print(f"siamese {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"siamese {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
