@@ -1,0 +1,182 @@
+"""The twin network: an embedding net shared by both inputs, and Koch's weighted-L1 head.
+
+`build_model(arch, image_size, **options)` builds one of the architectures below;
+`save_checkpoint` / `load_model` write and read the checkpoint dict that every stage shares.
+
+Architectures (train.arch):
+- koch: Koch et al. 2015 exactly: conv 64@10x10, ReLU, maxpool 2, 128@7x7, ReLU, pool,
+  128@4x4, ReLU, pool, 256@4x4, ReLU, flatten, FC 4096 + sigmoid (38,951,745 parameters
+  at 105x105 with the head). Option `init: koch` draws Koch's initial weights.
+- compact: `depth` blocks of conv3x3 (`width` channels) + batch norm + ReLU + maxpool 2,
+  flatten, linear to `embedding` features: fast on a CPU at 28x28.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.atomic import atomic_path
+from tasks.errors import PipelineError
+
+ARCHS = ("koch", "compact")
+INITS = ("default", "koch")
+CHECKPOINT_KEYS = (
+    "arch", "image_size", "model_options", "state_dict", "step", "valid_accuracy", "params_digest",
+)
+
+
+class SiameseNet(nn.Module):
+    """Embedding net + Koch's head: logit = w . |f(x1) - f(x2)| + bias; sigmoid -> P(same)."""
+
+    def __init__(self, arch: str, image_size: int, options: dict[str, Any],
+                 features: nn.Module, dim: int):
+        super().__init__()
+        self.arch = arch
+        self.image_size = image_size
+        self.options = dict(options)
+        self.features = features
+        self.dim = dim
+        self.head = nn.Linear(dim, 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, S, S] float (ink = 1) -> [B, D]."""
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # 15-35% faster on CPU
+        return self.features(x)
+
+    def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logits of 'same character' for embeddings [..., D] and [..., D] (broadcasting)."""
+        return self.head(torch.abs(a - b)).squeeze(-1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.score(self.embed(x1), self.embed(x2))
+
+
+def koch_features(image_size: int) -> tuple[nn.Module, int]:
+    convs = nn.Sequential(
+        nn.Conv2d(1, 64, 10), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 7), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(128, 128, 4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(128, 256, 4), nn.ReLU(), nn.Flatten(),
+    )
+    flat = conv_output_size(convs, image_size, "koch")
+    return nn.Sequential(*convs, nn.Linear(flat, 4096), nn.Sigmoid()), 4096
+
+
+def compact_features(
+    image_size: int, width: int, depth: int, embedding: int
+) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    channels = 1
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        channels = width
+    convs = nn.Sequential(*layers, nn.Flatten())
+    flat = conv_output_size(convs, image_size, "compact")
+    return nn.Sequential(*convs, nn.Linear(flat, embedding)), embedding
+
+
+def conv_output_size(convs: nn.Module, image_size: int, arch: str) -> int:
+    try:
+        with torch.no_grad():
+            return int(convs(torch.zeros(1, 1, image_size, image_size)).shape[1])
+    except RuntimeError:
+        msg = f"arch {arch}: image_size {image_size} is too small for this network"
+        raise PipelineError(msg) from None
+
+
+def koch_init(model: nn.Module) -> None:
+    """Koch's initialisation: conv weights N(0, 0.01), FC weights N(0, 0.2), biases N(0.5, 0.01).
+
+    (0.01 and 0.2 are the paper's standard deviations; the head is an FC layer.)
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.01 if isinstance(m, nn.Conv2d) else 0.2)
+            if m.bias is not None:
+                nn.init.normal_(m.bias, 0.5, 0.01)
+
+
+def build_model(arch: str, image_size: int, **options: Any) -> SiameseNet:
+    """Build an architecture by name; unknown names or options raise PipelineError."""
+    options = dict(options)
+    init = options.pop("init", "default")
+    if init not in INITS:
+        raise PipelineError(f"model option init must be one of {', '.join(INITS)}; got {init!r}")
+    if arch == "koch":
+        features, dim = koch_features(image_size)
+        kept: dict[str, Any] = {}
+    elif arch == "compact":
+        kept = {"width": int(options.pop("width", 64)), "depth": int(options.pop("depth", 4)),
+                "embedding": int(options.pop("embedding", 128))}
+        if min(kept.values()) < 1:
+            raise PipelineError(f"arch compact: width, depth, embedding must be >= 1; got {kept}")
+        features, dim = compact_features(image_size, **kept)
+    else:
+        raise PipelineError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    if options:
+        raise PipelineError(f"arch {arch}: unknown model options {sorted(options)}")
+    model = SiameseNet(arch, image_size, {**kept, "init": init}, features, dim)
+    if init == "koch":
+        koch_init(model)
+    return model
+
+
+def save_checkpoint(path: Path | str, model: SiameseNet, meta: dict[str, Any]) -> Path:
+    """Write the shared checkpoint dict atomically; `meta` supplies step, valid_accuracy, digest."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    checkpoint = {
+        "arch": model.arch,
+        "image_size": model.image_size,
+        "model_options": dict(model.options),
+        "state_dict": state,
+        "step": int(meta.get("step", 0)),
+        "valid_accuracy": float(meta.get("valid_accuracy", float("nan"))),
+        "params_digest": str(meta.get("params_digest", "")),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """torch.load(weights_only=True) with clear errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found; run the train stage first")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        msg = f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
+        raise PipelineError(msg) from None
+    if not isinstance(checkpoint, dict):
+        raise PipelineError(f"{path}: not a checkpoint (a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[SiameseNet, dict]:
+    """Load the best checkpoint: (model in eval mode on `device`, its metadata without weights)."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path, device)
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise PipelineError(f"{path}: not a model checkpoint (missing {', '.join(missing)})")
+    try:
+        model = build_model(checkpoint["arch"], int(checkpoint["image_size"]),
+                            **checkpoint["model_options"])
+    except PipelineError as e:
+        raise PipelineError(f"{path}: {e}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[:3]
+        raise PipelineError(
+            f"{path}: weights do not match arch {checkpoint['arch']!r} at image_size "
+            f"{checkpoint['image_size']} (a checkpoint of another architecture?): {' '.join(first)}"
+        ) from None
+    meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    return model.to(device).eval(), meta
