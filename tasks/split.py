@@ -1,0 +1,110 @@
+"""split: give every image a role, train, valid, holdout or test.
+
+Each alphabet's drawers (split.by=drawer) or each character's drawings (split.by=image) are
+shuffled with the seed and cut into three slices of train_drawers, valid_drawers and
+holdout_drawers. What each slice becomes depends on the alphabet:
+
+- protocol lake: background alphabets train | valid | holdout; every evaluation image is test.
+- protocol koch (Koch et al. 2015): the 10 alphabets of Lake's 20 runs are test on the third
+  slice; of the other 40, a seeded 30 train on the first slice and 10 validate on the second.
+  Every other image is holdout, so the drawers of train, valid and test stay disjoint.
+"""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks import paths
+from tasks.atomic import write_parquet
+from tasks.errors import PipelineError
+from tasks.index import read_manifest
+from tasks.params import get_choice, get_int, section
+
+ROLES = ("train", "valid", "holdout", "test")
+KOCH_TRAIN_ALPHABETS = 30
+SLICE_KEYS = ("train_drawers", "valid_drawers", "holdout_drawers")
+
+
+def split_params(params: dict[str, Any]) -> dict[str, Any]:
+    sec = section(params, "split")
+    p = {
+        "protocol": get_choice(sec, "protocol", "split.protocol", ("lake", "koch")),
+        "by": get_choice(sec, "by", "split.by", ("drawer", "image")),
+        "seed": get_int(sec, "seed", "split.seed", lo=0),
+    }
+    for key in SLICE_KEYS:
+        p[key] = get_int(sec, key, f"split.{key}", lo=1)
+    return p
+
+
+def check_drawers(images: pd.DataFrame, p: dict[str, Any]) -> None:
+    """The three slices must add up to the drawers of every character in the data."""
+    per_character = images.groupby("character_id")["drawer"].nunique()
+    total = sum(p[key] for key in SLICE_KEYS)
+    if per_character.min() != total or per_character.max() != total:
+        raise PipelineError(
+            f"params.yaml: split.train_drawers + valid_drawers + holdout_drawers = {total}, "
+            f"but the characters in {paths.IMAGES} have {per_character.min()} to "
+            f"{per_character.max()} drawers"
+        )
+
+
+def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: dict[str, Any],
+                   rng: np.random.Generator) -> dict[str, tuple[str, str, str]]:
+    """alphabet -> the roles of its three slices."""
+    subsets = images.drop_duplicates("alphabet").set_index("alphabet")["subset"].sort_index()
+    if p["protocol"] == "lake":
+        return {a: ("train", "valid", "holdout") if s == "background" else ("test",) * 3
+                for a, s in subsets.items()}
+    others = [a for a in subsets.index if a not in lake_alphabets]
+    if len(others) <= KOCH_TRAIN_ALPHABETS:
+        raise PipelineError(
+            f"split.protocol koch needs more than {KOCH_TRAIN_ALPHABETS} alphabets outside "
+            f"Lake's runs, {paths.IMAGES} has {len(others)}"
+        )
+    shuffled = [others[i] for i in rng.permutation(len(others))]
+    plans = {a: ("holdout", "holdout", "test") for a in lake_alphabets}
+    plans.update({a: ("train", "holdout", "holdout") for a in shuffled[:KOCH_TRAIN_ALPHABETS]})
+    plans.update({a: ("holdout", "valid", "holdout") for a in shuffled[KOCH_TRAIN_ALPHABETS:]})
+    return plans
+
+
+def slice_of(order: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Slice number (0, 1, 2) of each position in a shuffled order of the drawers/drawings."""
+    bounds = np.cumsum([p[key] for key in SLICE_KEYS])
+    return np.searchsorted(bounds, order, side="right")
+
+
+def split_images(images: pd.DataFrame, lake: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """image_id -> role, per split.protocol and split.by (see the module docstring)."""
+    p = split_params(params)
+    check_drawers(images, p)
+    rng = np.random.default_rng(p["seed"])
+    lake_alphabets = set(images.loc[images["image_id"].isin(lake["image_id"]), "alphabet"])
+    plans = alphabet_plans(images, lake_alphabets, p, rng)
+    images = images.sort_values("image_id")
+    slices = np.empty(len(images), dtype=np.int64)
+    position = {image_id: i for i, image_id in enumerate(images["image_id"])}
+    groups = "alphabet" if p["by"] == "drawer" else "character_id"
+    for _, group in images.groupby(groups, sort=True):
+        if p["by"] == "drawer":
+            drawers = np.sort(group["drawer"].unique())
+            shuffled = drawers[rng.permutation(len(drawers))]
+            order = group["drawer"].map(dict(zip(shuffled, range(len(drawers)), strict=True)))
+            order = order.to_numpy()
+        else:
+            order = np.empty(len(group), dtype=np.int64)
+            order[rng.permutation(len(group))] = np.arange(len(group))
+        slices[[position[i] for i in group["image_id"]]] = slice_of(order, p)
+    roles = [plans[a][s] for a, s in zip(images["alphabet"], slices, strict=True)]
+    return pd.DataFrame({"image_id": images["image_id"].to_numpy(dtype=np.int64), "role": roles})
+
+
+def run(params: dict[str, Any]) -> None:
+    images = read_manifest(paths.IMAGES, "index")
+    lake = read_manifest(paths.LAKE_RUNS, "index")
+    split = split_images(images, lake, params)
+    write_parquet(split, paths.SPLIT)
+    counts = split["role"].value_counts()
+    print("split: " + ", ".join(f"{role} {counts.get(role, 0)}" for role in ROLES))
