@@ -1,0 +1,403 @@
+"""`siamese evaluate`: n-way one-shot accuracy, verification accuracy, report and pictures.
+
+Reads the best checkpoint (models/model.pt), the packed pixels and the trials and pairs
+manifests; writes reports/metrics.json (DVC metrics) and the folder reports/evaluate:
+predictions.parquet (one row per trial), per_alphabet.csv and .png, pictures/ (a few trials
+drawn) and report.md. Accuracy gives a trial 1/k credit when its answer is among k tied top
+scores, so a model that cannot tell the candidates apart scores chance, 1/n.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks import paths
+from tasks.atomic import atomic_path, write_json, write_parquet, write_text
+from tasks.errors import PipelineError
+from tasks.images import load_pixels, to_tensor
+from tasks.model import load_model
+from tasks.params import get, get_int, section
+from tasks.scoring import credit, embed_images, trial_scores
+
+REPORT_DIR = paths.REPORTS / "evaluate"
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+TRIAL_COLUMNS = (
+    "trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    pictures: int
+    device: str
+    batch_size: int
+
+
+def read_config(params: dict[str, Any]) -> Config:
+    sec = section(params, "evaluate")
+    return Config(
+        seed=get_int(sec, "seed", "evaluate.seed", lo=0),
+        pictures=get_int(sec, "pictures", "evaluate.pictures", lo=0, hi=100),
+        device=resolve_device(get(sec, "device", "evaluate.device", str)),
+        batch_size=get_int(sec, "batch_size", "evaluate.batch_size", lo=1),
+    )
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu; anything else must be a valid torch device."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"params.yaml: evaluate.device {name!r} is not a device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"params.yaml: evaluate.device is {name!r} but no GPU is available")
+    return name
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (successes may be fractional: tie credit)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def accuracy_entry(credits: np.ndarray, count_key: str = "trials") -> dict[str, Any]:
+    """{"accuracy", "ci95": [lo, hi], count_key}, fractions rounded to 4 digits."""
+    n = len(credits)
+    lo, hi = wilson_interval(float(np.sum(credits)), n)
+    accuracy = float(np.mean(credits)) if n else 0.0
+    return {"accuracy": round(accuracy, 4), "ci95": [round(lo, 4), round(hi, 4)], count_key: n}
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties averaged); None without both classes."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path, stage: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the {stage} stage first") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise PipelineError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def check_trials(trials: pd.DataFrame, n_images: int, path: Path) -> None:
+    """Every trial must name known images, n_way candidates and an answer among them."""
+    missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing columns {', '.join(missing)}")
+    for row in trials.itertuples(index=False):
+        ids = np.append(np.asarray(row.candidate_ids, dtype=np.int64), row.query_id)
+        where = f"{path}: trial {row.trial_set} {row.n_way}-way #{row.trial_id}"
+        if ids.min() < 0 or ids.max() >= n_images:
+            bad = ids[(ids < 0) | (ids >= n_images)].tolist()
+            raise PipelineError(
+                f"{where} names unknown image ids {bad} (the packed pixels hold {n_images} "
+                "images); are the trials and the pixels from the same index run?"
+            )
+        if len(ids) - 1 != row.n_way or not 0 <= row.answer < row.n_way:
+            raise PipelineError(
+                f"{where} has {len(ids) - 1} candidates and answer {row.answer}; "
+                f"expected {row.n_way} candidates and an answer in 0..{row.n_way - 1}"
+            )
+
+
+def check_pair_ids(pairs: pd.DataFrame, n_images: int, path: Path) -> None:
+    missing = [c for c in ("left_id", "right_id", "same", "role") if c not in pairs.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing columns {', '.join(missing)}")
+    ids = np.concatenate([pairs["left_id"].to_numpy(), pairs["right_id"].to_numpy()])
+    bad = ids[(ids < 0) | (ids >= n_images)]
+    if len(bad):
+        raise PipelineError(f"{path}: names unknown image ids (e.g. {bad[:5].tolist()}; the "
+                            f"packed pixels hold {n_images} images)")
+
+
+def images_tensor(pixels: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
+    """All images preprocessed for the model, converted in chunks to bound memory."""
+    return torch.cat([to_tensor(pixels[i : i + chunk], size) for i in range(0, len(pixels), chunk)])
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def predict_trials(model, images: torch.Tensor, trials: pd.DataFrame, device: str,
+                   batch_size: int) -> pd.DataFrame:
+    """One row per trial: the predicted candidate (first top score), credit and all scores."""
+    frames = []
+    for (trial_set, n_way), group in trials.groupby(["trial_set", "n_way"], sort=True):
+        group = group.sort_values("trial_id")
+        scores = trial_scores(model, images, group, device, batch_size)
+        answers = group["answer"].to_numpy(dtype=np.int64)
+        frames.append(pd.DataFrame({
+            "trial_set": trial_set,
+            "n_way": np.int64(n_way),
+            "trial_id": group["trial_id"].to_numpy(dtype=np.int64),
+            "alphabet": group["alphabet"].to_numpy(),
+            "query_id": group["query_id"].to_numpy(dtype=np.int64),
+            "predicted": scores.argmax(axis=1).astype(np.int64),
+            "answer": answers,
+            "credit": credit(scores, answers),
+            "scores": list(scores.astype(np.float32)),
+        }))
+    if not frames:
+        raise PipelineError(f"{paths.TRIALS}: holds no trials")
+    return pd.concat(frames, ignore_index=True)
+
+
+def verify_pairs(model, images: torch.Tensor, pairs: pd.DataFrame, device: str,
+                 batch_size: int) -> dict[str, Any]:
+    """Same/different accuracy (sigmoid(logit) > 0.5) and ROC AUC on the given pairs."""
+    if len(pairs) == 0:
+        return {"pairs": 0}
+    ids = np.concatenate([pairs["left_id"].to_numpy(), pairs["right_id"].to_numpy()])
+    distinct, inverse = np.unique(ids.astype(np.int64), return_inverse=True)
+    emb = embed_images(model, images, distinct, device, batch_size)
+    left, right = np.split(inverse, 2)
+    net = getattr(model, "module", model)
+    with torch.no_grad():
+        logits = net.score(emb[torch.from_numpy(left)], emb[torch.from_numpy(right)]).numpy()
+    same = pairs["same"].to_numpy(dtype=bool)
+    entry = accuracy_entry((logits > 0) == same, count_key="pairs")
+    auc = roc_auc(logits, same)
+    if auc is not None:
+        entry["auc"] = round(auc, 4)
+    return entry
+
+
+def summarize(predictions: pd.DataFrame, verification: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: {trial_set: {"<n>-way": accuracy entry}, ..., "verification": {...}}."""
+    metrics: dict[str, Any] = {}
+    for (trial_set, n_way), group in predictions.groupby(["trial_set", "n_way"], sort=True):
+        metrics.setdefault(trial_set, {})[f"{n_way}-way"] = accuracy_entry(group["credit"])
+    metrics["verification"] = verification
+    return metrics
+
+
+def per_alphabet(predictions: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    keys = ["trial_set", "n_way", "alphabet"]
+    for (trial_set, n_way, alphabet), group in predictions.groupby(keys, sort=True):
+        entry = accuracy_entry(group["credit"])
+        rows.append({"trial_set": trial_set, "n_way": n_way, "alphabet": alphabet,
+                     "trials": entry["trials"], "accuracy": entry["accuracy"],
+                     "ci95_low": entry["ci95"][0], "ci95_high": entry["ci95"][1]})
+    return pd.DataFrame(rows)
+
+
+def choose_pictures(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """`count` trials of each trial set at its largest n-way, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _, group in predictions.groupby("trial_set", sort=True):
+        group = group[group["n_way"] == group["n_way"].max()]
+        picks = np.sort(rng.choice(len(group), size=min(count, len(group)), replace=False))
+        chosen.append(group.iloc[picks])
+    return pd.concat(chosen, ignore_index=True)
+
+
+# --- pictures and report ----------------------------------------------------------------------
+
+
+def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: pd.Series):
+    """The query, its candidates with their P(same); prediction framed green (right) or red
+    (wrong), the truth framed blue."""
+    from matplotlib.figure import Figure
+
+    n = len(candidates)
+    cols = min(n, 10)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.2 * cols, 1.45 * (rows + 1)), dpi=80)
+    axes = fig.subplots(rows + 1, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    show(axes[0, 0], pixels[row.query_id], "query", "black")
+    right = row.predicted == row.answer
+    probabilities = 1 / (1 + np.exp(-np.asarray(row.scores, dtype=np.float64)))
+    for i, image_id in enumerate(candidates):
+        colour, mark = "none", ""
+        if i == row.predicted:
+            colour, mark = ("green", "predicted") if right else ("red", "predicted")
+        elif i == row.answer:
+            colour, mark = "blue", "truth"
+        show(axes[1 + i // cols, i % cols], pixels[image_id], f"{probabilities[i]:.2f} {mark}",
+             colour)
+    verdict = "right" if right else "wrong"
+    fig.suptitle(f"{row.trial_set} {row.n_way}-way trial {row.trial_id}: {row.alphabet}, "
+                 f"{character.get(row.query_id, '')} ({verdict})", fontsize=9)
+    return fig
+
+
+def show(ax, image: np.ndarray, title: str, frame: str) -> None:
+    ax.axis("on")
+    ax.imshow(image, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(frame != "none")
+        spine.set_color(frame)
+        spine.set_linewidth(3)
+
+
+def draw_per_alphabet(table: pd.DataFrame):
+    """One panel per trial set (its largest n-way): accuracy per alphabet with 95% CIs."""
+    from matplotlib.figure import Figure
+
+    largest = table.groupby("trial_set")["n_way"].transform("max") == table["n_way"]
+    panels = list(table[largest].groupby("trial_set", sort=True))
+    tallest = max(len(group) for _, group in panels)
+    fig = Figure(figsize=(5.5 * len(panels), 1.2 + 0.22 * tallest), dpi=80, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (trial_set, group) in zip(axes, panels, strict=True):
+        group = group.sort_values("accuracy")
+        errors = [group["accuracy"] - group["ci95_low"], group["ci95_high"] - group["accuracy"]]
+        ax.barh(group["alphabet"], group["accuracy"], xerr=errors, color="tab:blue",
+                error_kw={"elinewidth": 0.8, "ecolor": "grey"})
+        n_way = int(group["n_way"].iloc[0])
+        ax.axvline(1 / n_way, color="black", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{trial_set}, {n_way}-way", fontsize=10)
+        ax.set_xlabel("accuracy (95% Wilson CI)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(loc="lower right", fontsize=7)
+    return fig
+
+
+def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict[str, Any],
+                    pictures: list[str]) -> str:
+    lines = [
+        "# Evaluation",
+        "",
+        f"Model `{paths.MODEL}`: arch {meta['arch']} {meta['model_options']}, image size "
+        f"{meta['image_size']}, step {meta['step']}, validation accuracy at selection "
+        f"{meta['valid_accuracy']:.4f}.",
+        f"Data: fingerprint `{dataset.get('fingerprint')}`, {dataset.get('images')} images.",
+        "",
+        "## n-way one-shot accuracy",
+        "",
+        "| trial set | n-way | trials | accuracy | 95% CI (Wilson) | chance |",
+        "|---|---|---|---|---|---|",
+    ]
+    sets = sorted((k for k in metrics if k != "verification"), key=set_order)
+    for trial_set in sets:
+        ways = metrics[trial_set]
+        for way, entry in sorted(ways.items(), key=lambda kv: -int(kv[0].split("-")[0])):
+            lo, hi = entry["ci95"]
+            n = int(way.split("-")[0])
+            lines.append(f"| {trial_set} | {n} | {entry['trials']} | {entry['accuracy']:.1%} | "
+                         f"[{lo:.1%}, {hi:.1%}] | {1 / n:.1%} |")
+    lines += ["", "A trial whose answer is among k tied top scores counts 1/k.", ""]
+    lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), ""]
+    lines += ["## Per alphabet", "", "![accuracy per alphabet](per_alphabet.png)", "",
+              "Numbers: [per_alphabet.csv](per_alphabet.csv); every trial: predictions.parquet.",
+              "", "## Example trials", "",
+              "Green frame: a right prediction; red: a wrong one; blue: the truth. Numbers: "
+              "P(same) from the model.", ""]
+    lines += [f"![{name}]({name})" for name in pictures]
+    return "\n".join(lines) + "\n"
+
+
+def set_order(trial_set: str) -> tuple[int, str]:
+    """valid, evaluation, lake first, in that order; any other trial set after them."""
+    known = ("valid", "evaluation", "lake")
+    return (known.index(trial_set) if trial_set in known else len(known), trial_set)
+
+
+def verification_line(entry: dict[str, Any]) -> str:
+    if not entry.get("pairs"):
+        return "No validation pairs in pairs.parquet."
+    lo, hi = entry["ci95"]
+    auc = f", ROC AUC {entry['auc']:.4f}" if "auc" in entry else ""
+    return (f"{entry['pairs']} pairs: accuracy {entry['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
+            f"(same when P(same) > 0.5){auc}.")
+
+
+def draw_pictures(chosen: pd.DataFrame, trials: pd.DataFrame, pixels: np.ndarray,
+                  character: pd.Series) -> dict[str, Any]:
+    """{"pictures/<set>-<n>way-trial<id>.png": figure} for the chosen trials."""
+    candidates = trials.set_index(["trial_set", "n_way", "trial_id"])["candidate_ids"]
+    figures = {}
+    for row in chosen.itertuples(index=False):
+        ids = np.asarray(candidates[(row.trial_set, row.n_way, row.trial_id)])
+        name = f"pictures/{row.trial_set}-{row.n_way}way-trial{row.trial_id:04d}.png"
+        figures[name] = draw_trial(row, ids, pixels, character)
+    return figures
+
+
+def write_report_dir(target: Path, predictions: pd.DataFrame, alphabets: pd.DataFrame,
+                     figures: dict[str, Any], report: str) -> None:
+    """Build the whole folder under a temporary name, then swap it in (atomic as a whole)."""
+    with atomic_path(target, is_dir=True) as tmp:
+        write_parquet(predictions, tmp / "predictions.parquet")
+        write_text(alphabets.to_csv(index=False), tmp / "per_alphabet.csv")
+        for name, fig in figures.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(tmp / name, metadata={"Software": None})
+        write_text(report, tmp / "report.md")
+
+
+def read_dataset(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the index stage first") from None
+    except ValueError as e:
+        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate models/model.pt on every trial set and the valid pairs; returns the metrics."""
+    cfg = read_config(params)
+    model, meta = load_model(paths.MODEL, cfg.device)
+    pixels = load_pixels(paths.PIXELS)
+    trials = read_manifest(paths.TRIALS, "trials")
+    check_trials(trials, len(pixels), paths.TRIALS)
+    pairs = read_manifest(paths.PAIRS, "pairs")
+    check_pair_ids(pairs, len(pixels), paths.PAIRS)
+    dataset = read_dataset(paths.DATASET)
+    index = read_manifest(paths.IMAGES, "index")
+    character = index["character"].set_axis(index["image_id"])
+
+    images = images_tensor(pixels, int(meta["image_size"]))
+    predictions = predict_trials(model, images, trials, cfg.device, cfg.batch_size)
+    valid_pairs = pairs[pairs["role"] == "valid"]
+    verification = verify_pairs(model, images, valid_pairs, cfg.device, cfg.batch_size)
+    metrics = summarize(predictions, verification)
+
+    alphabets = per_alphabet(predictions)
+    chosen = choose_pictures(predictions, cfg.pictures, cfg.seed)
+    pictures = draw_pictures(chosen, trials, pixels, character)
+    report = report_markdown(metrics, meta, dataset, list(pictures))
+    figures = {"per_alphabet.png": draw_per_alphabet(alphabets), **pictures}
+    write_report_dir(REPORT_DIR, predictions, alphabets, figures, report)
+    write_json(metrics, paths.METRICS)
+    return metrics

@@ -1,0 +1,43 @@
+"""The 95% intervals in metrics.json: Wilson score intervals, checked against published values."""
+
+import numpy as np
+import pytest
+
+from tasks.evaluate import accuracy_entry, roc_auc, wilson_interval
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "expected"),
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (Wilson score)
+        (81, 263, (0.2553, 0.3662)),
+        (15, 148, (0.0624, 0.1605)),
+        (0, 20, (0.0, 0.1611)),
+        (1, 29, (0.0061, 0.1718)),
+        # closed forms at the extremes: [0, z^2 / (n + z^2)] and [n / (n + z^2), 1]
+        (0, 10, (0.0, 0.2775)),
+        (10, 10, (0.7225, 1.0)),
+        (50, 100, (0.4038, 0.5962)),
+    ],
+)
+def test_wilson_interval_matches_published_values(successes, n, expected):
+    lo, hi = wilson_interval(successes, n)
+    assert (round(lo, 4), round(hi, 4)) == expected
+
+
+def test_accuracy_entry_rounds_fractions_and_counts_trials():
+    entry = accuracy_entry(np.array([1.0] * 613 + [0.0] * 187))
+    assert entry == {"accuracy": 0.7662, "ci95": [0.7357, 0.7943], "trials": 800}
+
+
+def test_tie_credit_counts_as_fractional_successes():
+    # 100 trials at credit 1/5 each: 20 successes' worth, the interval of 20/100
+    entry = accuracy_entry(np.full(100, 0.2))
+    assert entry["accuracy"] == 0.2
+    assert entry["ci95"] == [round(v, 4) for v in wilson_interval(20, 100)]
+
+
+def test_roc_auc_ranks_with_ties_averaged():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5
+    assert roc_auc(np.array([1.0, 2.0]), np.array([1, 1])) is None
