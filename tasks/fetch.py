@@ -8,12 +8,12 @@ previous folder intact.
 """
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -111,7 +111,7 @@ def download(url: str, dest: Path, retries: int, delay: float = 1.0) -> None:
             if expected is not None and size != int(expected):
                 raise PipelineError(f"{url}: truncated download ({size} of {expected} bytes)")
             return
-        except (OSError, urllib.error.URLError, PipelineError) as e:
+        except (OSError, http.client.HTTPException, PipelineError) as e:
             if attempt == retries:
                 raise PipelineError(
                     f"{url}: download failed after {retries + 1} attempt(s): {e}"

@@ -69,10 +69,12 @@ def unique_pairs(draw, count: int, what: str) -> np.ndarray:
     for _ in range(ROUNDS):
         if len(found) >= count:
             break
+        before = len(found)
         found = np.concatenate([found, draw(max(2 * (count - len(found)), 64))])
-        key = np.sort(found, axis=1)
-        _, first = np.unique(key, axis=0, return_index=True)
+        _, first = np.unique(np.sort(found, axis=1), axis=0, return_index=True)
         found = found[np.sort(first)]
+        if len(found) == before:  # saturated: every draw is a pair already found
+            break
     if len(found) < count:
         raise PipelineError(f"params.yaml: {what}={2 * count}: not enough distinct pairs "
                             f"(found {len(found)} of {count} needed per half)")

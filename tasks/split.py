@@ -40,13 +40,12 @@ def split_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def check_drawers(images: pd.DataFrame, p: dict[str, Any]) -> None:
     """The three slices must add up to the drawers of every character in the data."""
-    per_character = images.groupby("character_id")["drawer"].nunique()
+    counts = sorted(images.groupby("character_id")["drawer"].nunique().unique())
     total = sum(p[key] for key in SLICE_KEYS)
-    if per_character.min() != total or per_character.max() != total:
+    if counts != [total]:
         raise PipelineError(
             f"params.yaml: split.train_drawers + valid_drawers + holdout_drawers = {total}, "
-            f"but the characters in {paths.IMAGES} have {per_character.min()} to "
-            f"{per_character.max()} drawers"
+            f"but the characters in {paths.IMAGES} have {' or '.join(map(str, counts))} drawers"
         )
 
 

@@ -1,12 +1,106 @@
+import copy
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.synthetic import make_source
+from tests.synthetic import make_source, write_zip
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OMNIGLOT_SHARED", REPO.parent / "shared" / "data" / "omniglot"))
+DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
+# What the synthetic layout (tests/synthetic.py) can feed: its smallest background alphabet has
+# 4 characters (left out of the 5-way trials), its train images allow a few hundred pairs.
+SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
+    "index": {"expected_fingerprint": None},
+    "pairs": {"train_count": 200, "valid_count": 100},
+    "trials": {"n_way": [3, 5], "per_alphabet": 4},
+}
+
+
+def siamese_command() -> str:
+    """The `siamese` console script of the interpreter running the tests."""
+    beside = Path(sys.executable).parent / "siamese"
+    found = str(beside) if beside.exists() else shutil.which("siamese")
+    if found is None:
+        pytest.fail("the `siamese` command is not installed (pip install -e .)")
+    return found
+
+
+def write_params(root: Path, edits: dict[str, dict[str, Any]] | None = None) -> Path:
+    """root/params.yaml: the project's params.yaml with `edits` merged into its sections."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    if not edits:
+        shutil.copyfile(REPO / "params.yaml", path)
+        return path
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in edits.items():
+        params[name] = {**params.get(name, {}), **copy.deepcopy(values)}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(root: Path, stage: str, source: Path | str) -> subprocess.CompletedProcess:
+    """`siamese <stage>` in `root` with OMNIGLOT_SOURCE=source; output captured."""
+    env = {**os.environ, "OMNIGLOT_SOURCE": str(source)}
+    return subprocess.run([siamese_command(), stage], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def run_stages(root: Path, source: Path | str,
+               stages: tuple[str, ...] = DATA_STAGES) -> subprocess.CompletedProcess:
+    """Run `stages` in order in `root`; return the first failure, else the last result."""
+    result = None
+    for stage in stages:
+        result = run_stage(root, stage, source)
+        if result.returncode != 0:
+            break
+    return result
+
+
+def build_data(root: Path, source: Path | str, edits: dict[str, dict[str, Any]] | None) -> Path:
+    """A project folder at `root` with params (edited) and the five data stages run; or fail."""
+    write_params(root, edits)
+    result = run_stages(root, source)
+    if result.returncode != 0:
+        pytest.fail(f"data stages failed in {root}:\n{result.stdout}\n{result.stderr}")
+    return root
+
+
+def mutated_source(folder: Path, source: Path, zip_name: str,
+                   edit: Callable[[dict[str, bytes]], None]) -> Path:
+    """A copy of `source` in `folder` whose `zip_name` entries went through `edit` (in place),
+    with SHA256SUMS rewritten to match, so that only the content is bad."""
+    shutil.copytree(source, folder)
+    with zipfile.ZipFile(folder / zip_name) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    edit(entries)
+    write_zip(folder / zip_name, entries)
+    write_sums(folder)
+    return folder
+
+
+def write_sums(folder: Path) -> None:
+    """folder/SHA256SUMS for the zips in `folder`."""
+    lines = [f"{hashlib.sha256(z.read_bytes()).hexdigest()}  {z.name}"
+             for z in sorted(folder.glob("*.zip"))]
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under root/data, to show that a failed stage changed nothing."""
+    data = root / "data"
+    return {p.relative_to(data).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +115,26 @@ def shared_data() -> Path:
 def synthetic_source(tmp_path_factory) -> Path:
     """A small synthetic Omniglot source folder (zips + SHA256SUMS), built once per session."""
     return make_source(tmp_path_factory.mktemp("synthetic-omniglot"))
+
+
+@pytest.fixture(scope="session")
+def real_data_root(tmp_path_factory, shared_data) -> Path:
+    """A project folder where `siamese fetch` ... `siamese trials` ran on the real Omniglot.
+
+    Built once per session with the project's params.yaml; read-only for tests (e.g.
+    `real_data_root / tasks.paths.PIXELS`). Copy it before changing anything.
+    """
+    return build_data(tmp_path_factory.mktemp("real-data"), shared_data, None)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_root(tmp_path_factory, synthetic_source) -> Path:
+    """A project folder with the data stages run on the synthetic source (SYNTHETIC_PARAMS)."""
+    return build_data(tmp_path_factory.mktemp("synthetic-data"), synthetic_source,
+                      SYNTHETIC_PARAMS)
+
+
+@pytest.fixture
+def synthetic_project(tmp_path, synthetic_data_root) -> Path:
+    """A private copy of `synthetic_data_root`, for tests that break its inputs or params."""
+    return Path(shutil.copytree(synthetic_data_root, tmp_path / "project", symlinks=True))
