@@ -1,0 +1,151 @@
+"""Helpers for the tests of the Prefect flows: an offline Prefect home, real DVC projects.
+
+Prefect reads its settings when first imported, so `prefect_home()` sets the environment
+and imports it once per test session: every in-process flow run of the session shares one
+temporary server (its start-up costs ~10 s) whose database lives in a temporary folder.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OFFLINE = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DVC_NO_ANALYTICS": "1",
+}
+_HOME: list[Path] = []
+
+# A real DVC pipeline of tiny Python stages, shaped like the project's: fetch (flaky when
+# FLAKY_MARKER names a file not yet there), index, train (fails when train.fail), evaluate.
+# dvc.yaml lists evaluate first, so the order has to come from DVC's graph.
+STAGES_PY = '''
+import hashlib, json, os, sys
+from pathlib import Path
+import yaml
+
+p = yaml.safe_load(open("params.yaml"))
+stage = sys.argv[1]
+print(f"stage {stage} starting", flush=True)
+if stage == "fetch":
+    marker = os.environ.get("FLAKY_MARKER")
+    if marker and not Path(marker).exists():
+        Path(marker).write_text("failed once")
+        sys.exit("fetch: transient network error")
+    Path("data/raw").mkdir(parents=True, exist_ok=True)
+    Path("data/raw/images.txt").write_text(p["fetch"]["content"])
+elif stage == "index":
+    digest = hashlib.sha256(Path("data/raw/images.txt").read_bytes()).hexdigest()
+    Path("data/manifests").mkdir(parents=True, exist_ok=True)
+    Path("data/manifests/dataset.json").write_text(json.dumps({"fingerprint": digest}))
+elif stage == "train":
+    if p["train"]["fail"]:
+        sys.exit("train: boom (train.fail is true)")
+    Path("models").mkdir(exist_ok=True)
+    Path("models/model.txt").write_text(f"lr={p['train']['lr']}")
+elif stage == "evaluate":
+    lr = float(Path("models/model.txt").read_text().split("=")[1])
+    Path("reports/evaluate").mkdir(parents=True, exist_ok=True)
+    Path("reports/evaluate/picture.txt").write_text("a picture")
+    metrics = {"valid": {"20-way": {"accuracy": round(1 - lr, 4), "ci95": [0.1, 0.2]}}}
+    Path("reports/metrics.json").write_text(json.dumps(metrics))
+print(f"stage {stage} done", flush=True)
+'''
+
+DVC_YAML = """
+stages:
+  evaluate:
+    cmd: python stages.py evaluate
+    deps: [models/model.txt, stages.py]
+    metrics: [{reports/metrics.json: {cache: false}}]
+    outs: [{reports/evaluate: {cache: false}}]
+  fetch:
+    cmd: python stages.py fetch
+    params: [fetch]
+    outs: [data/raw]
+  index:
+    cmd: python stages.py index
+    deps: [data/raw]
+    outs: [data/manifests/dataset.json]
+  train:
+    cmd: python stages.py train
+    deps: [data/manifests/dataset.json]
+    params: [train]
+    outs: [models/model.txt]
+"""
+
+PARAMS_YAML = """
+fetch:
+  content: "some images"
+train:
+  lr: 0.25
+  fail: false
+"""
+
+
+def prefect_home() -> Path:
+    """Point Prefect at a temporary home, offline, then import it (once per session)."""
+    if not _HOME:
+        _HOME.append(Path(tempfile.mkdtemp(prefix="prefect-home-")))
+        os.environ["PREFECT_HOME"] = str(_HOME[0])
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.update(OFFLINE)
+        from prefect.settings import get_current_settings
+
+        home = Path(get_current_settings().home)
+        assert home == _HOME[0], f"prefect was imported before its test home was set ({home})"
+    return _HOME[0]
+
+
+def stop_prefect_server() -> None:
+    """Stop this process's temporary Prefect server now, while pytest still shows its logs
+    (Prefect would stop it at exit, logging to a stream pytest has closed by then)."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogHandler().flush()  # the last logs go to the server before it stops
+    SubprocessASGIServer().stop()
+
+
+def run(args: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run a command with the venv's bin first on PATH; output captured as text."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE, **env}
+    done = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def git_commit_all(root: Path, message: str) -> None:
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
+
+
+def init_repo(root: Path) -> None:
+    """git init + dvc init (analytics off) in `root`."""
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+
+
+def make_tiny_project(root: Path) -> Path:
+    """A real git + DVC project with the tiny four-stage pipeline above, committed."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stages.py").write_text(STAGES_PY)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "params.yaml").write_text(PARAMS_YAML)
+    init_repo(root)
+    git_commit_all(root, "tiny pipeline")
+    return root
+
+
+def set_param(root: Path, section: str, key: str, value: object) -> None:
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

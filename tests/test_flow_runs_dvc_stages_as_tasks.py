@@ -1,0 +1,141 @@
+"""The pipeline flow on a small real DVC project: one task per stage, DVC decides what runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.flowkit import git_commit_all as commit
+from tests.flowkit import make_tiny_project, prefect_home, run, set_param, stop_prefect_server
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    prefect_home()
+    from flows import pipeline
+
+    yield pipeline
+    stop_prefect_server()
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return make_tiny_project(tmp_path / "tiny")
+
+
+def flow_run_records(flow_run_id):
+    """The task runs (by name), their logs and the artifacts of one flow run, from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = {t.name: t for t in client.read_task_runs(flow_run_filter=runs)}
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
+    by_task: dict[str, list[str]] = {}
+    names = {t.id: name for name, t in tasks.items()}
+    for log in logs:
+        by_task.setdefault(names.get(log.task_run_id, "flow"), []).append(log.message)
+    return tasks, by_task, artifacts
+
+
+def outcomes(results) -> dict[str, str]:
+    return {r["stage"]: r["outcome"] for r in results}
+
+
+def test_stage_order_comes_from_dvc_graph(pipeline, project):
+    assert pipeline.pipeline_stages(project) == ["fetch", "index", "train", "evaluate"]
+
+
+def test_flow_and_dvc_repro_share_one_lock_and_cache(pipeline, project):
+    first = pipeline.run_pipeline(repo=project)
+    assert outcomes(first) == dict.fromkeys(["fetch", "index", "train", "evaluate"], "ran")
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert "Running stage" not in run(["dvc", "repro"], project).stdout
+
+    again = pipeline.run_pipeline(repo=project)
+    assert set(outcomes(again).values()) == {"up to date"}
+
+    set_param(project, "train", "lr", 0.5)  # dvc repro now, then the flow has nothing to do
+    repro = run(["dvc", "repro"], project).stdout
+    assert "Running stage 'train'" in repro and "Running stage 'index'" not in repro
+    assert set(outcomes(pipeline.run_pipeline(repo=project)).values()) == {"up to date"}
+
+    set_param(project, "train", "lr", 0.125)  # the flow now: exactly train and evaluate rerun
+    changed = outcomes(pipeline.run_pipeline(repo=project))
+    assert changed == {"fetch": "up to date", "index": "up to date",
+                       "train": "ran", "evaluate": "ran"}
+    assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_each_stage_is_a_task_run_with_its_log_retries_and_artifacts(
+    pipeline, project, tmp_path, monkeypatch
+):
+    run(["dvc", "repro"], project)
+    monkeypatch.setitem(pipeline.RETRIES, "fetch", (2, 0.2))
+    monkeypatch.setenv("FLAKY_MARKER", str(tmp_path / "failed-once"))  # fetch fails once
+    state = pipeline.pipeline_flow(repo=str(project), force=True, return_state=True)
+    assert state.is_completed()
+    assert set(outcomes(state.result()).values()) == {"ran"}  # forced, though up to date
+    tasks, logs, artifacts = flow_run_records(state.state_details.flow_run_id)
+    assert sorted(tasks) == ["evaluate", "fetch", "index", "train"]
+    assert all(t.state.is_completed() for t in tasks.values())
+    assert all(t.total_run_time.total_seconds() > 0 for t in tasks.values())
+    for stage in tasks:
+        assert f"stage {stage} starting" in logs[stage] and f"stage {stage} done" in logs[stage]
+        assert f"stage {stage} done" not in logs.get("flow", [])
+    assert tasks["fetch"].run_count == 2 and tasks["train"].run_count == 1
+    assert any("transient network error" in line for line in logs["fetch"])
+
+    table = json.loads(artifacts["omniglot-metrics"].data)
+    assert {"metric": "valid/20-way/accuracy", "value": 0.75} in table
+    markdown = artifacts["omniglot-provenance"].data
+    fingerprint = json.loads((project / "data/manifests/dataset.json").read_text())["fingerprint"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert fingerprint in markdown and head in markdown
+    assert "changed since" not in markdown  # dvc.lock and .gitignore are new, not changed
+    assert "reports/evaluate/picture.txt" in markdown
+    from tasks.lineage import params_digest
+
+    assert params_digest(project) in markdown
+
+
+def latest_flow_run_id():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)[0].id
+
+
+def test_failing_stage_fails_its_task_and_stops_the_flow(pipeline, project):
+    from tasks.errors import PipelineError
+
+    run(["dvc", "repro"], project)
+    commit(project, "built")
+    model = (project / "models/model.txt").read_text()
+    lock = (project / "dvc.lock").read_text()
+    set_param(project, "train", "fail", True)
+    set_param(project, "fetch", "content", "other images")
+
+    with pytest.raises(PipelineError, match="(?s)stage 'train' failed.*boom"):
+        pipeline.run_pipeline(repo=project)
+    tasks, logs, _ = flow_run_records(latest_flow_run_id())
+    assert sorted(tasks) == ["fetch", "index", "train"]  # evaluate never started
+    assert tasks["train"].state.is_failed() and tasks["index"].state.is_completed()
+    assert any("boom" in line for line in logs["train"])
+    assert (project / "data/raw/images.txt").read_text() == "other images"  # upstream: kept
+    new_lock = (project / "dvc.lock").read_text()
+    assert new_lock != lock and "lr: 0.25" in new_lock  # fetch/index recorded, train untouched
+    # DVC removes a stage's outputs before running it; the last good ones stay in its cache.
+    assert not (project / "models/model.txt").exists()
+    run(["dvc", "checkout", "train"], project)
+    assert (project / "models/model.txt").read_text() == model
