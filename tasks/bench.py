@@ -1,0 +1,638 @@
+"""`siamese bench`: how fast each part of the pipeline runs, against the seed notebook's way.
+
+Every figure is measured in one run, on this machine; every ratio compares two figures of the
+same run. The seed notebook's ways (the baselines) are written here, faithfully: it decodes
+each PNG from disk with PIL for each pair of each batch, and scores an n-way trial by running
+the whole twin on n tiled copies of the query. Everything else calls the project's own code.
+
+Sections: the data stages on the real data (each in its own process; peak memory is that
+process's peak resident set size from os.wait4, interpreter and imports included, with an
+`imports only` process for the floor), the training input path, the CPU training step, the
+evaluation's trial scoring, and the overhead of DVC and the Prefect flow when all is cached.
+Writes reports/bench.json (every figure) and reports/bench.md (the table it prints).
+"""
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks import paths
+from tasks.atomic import write_json, write_text
+from tasks.errors import PipelineError
+
+DATA_STAGES = ("index", "split", "pairs", "trials")
+KOCH_FLOP_PER_PAIR = 10.9e9  # forward + backward of both twins at 105x105 (see pair_flops)
+EVAL_SETS = ("evaluation", "lake")  # each at its largest n_way (20 on the real data)
+BENCH_JSON = paths.REPORTS / "bench.json"
+BENCH_MD = paths.REPORTS / "bench.md"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each measurement to do; FULL, QUICK and TINY below."""
+
+    batch: int  # pairs per batch, both loaders
+    project_batches: int  # batches through this project's loader
+    seed_batches: int  # batches through the seed's PNG loader
+    augment_batches: int
+    steps: tuple[tuple[str, int, int, int], ...]  # (arch, image_size, batch, timed steps)
+    seed_trials: int  # trials per set scored the seed's way (the project scores them all)
+    stages: bool = True  # run the data stages on the real data
+    pipeline: bool = True  # no-op `dvc repro` and the cached Prefect flow
+
+
+FULL = Sizes(batch=128, project_batches=300, seed_batches=20, augment_batches=30,
+             steps=(("compact", 28, 128, 20), ("koch", 105, 8, 3)), seed_trials=400)
+QUICK = Sizes(batch=128, project_batches=60, seed_batches=5, augment_batches=8,
+              steps=(("compact", 28, 128, 5), ("koch", 105, 4, 1)), seed_trials=100)
+TINY = Sizes(batch=16, project_batches=4, seed_batches=2, augment_batches=2,
+             steps=(("compact", 28, 16, 1), ("koch", 105, 2, 1)), seed_trials=5, pipeline=False)
+
+
+# --- timing helpers -------------------------------------------------------------------------
+
+
+def durations(fn: Callable[[], Any], calls: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of each of `calls` calls of fn, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(calls, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def per_second(items: float, times: list[float]) -> float:
+    """Items per second of one call, from the median call (robust to a busy machine)."""
+    return items / max(statistics.median(times), 1e-9)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else round(a / b, 2)
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run a command; its wall seconds, exit status and peak RSS (MiB, from os.wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    output = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = output.decode(errors="replace")[-2000:]
+        raise PipelineError(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return {"seconds": round(seconds, 3), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child: this interpreter's bin first on PATH (dvc calls `siamese`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return env
+
+
+# --- 1. data stages -------------------------------------------------------------------------
+
+
+def bench_stages(scratch: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Each data stage as `siamese <stage>` in its own process, on a scratch copy of the outputs.
+
+    The scratch folder links the real data/raw/omniglot and holds a copy of params.yaml, so
+    the project's own artifacts are never touched.
+    """
+    raw = paths.RAW.resolve()
+    (scratch / paths.RAW).parent.mkdir(parents=True, exist_ok=True)
+    (scratch / paths.RAW).symlink_to(raw, target_is_directory=True)
+    shutil.copy(paths.PARAMS, scratch / paths.PARAMS)
+    env = child_env()
+    imports = "import tasks.index, tasks.split, tasks.pairs, tasks.trials, tasks.cli"
+    out: dict[str, Any] = {"imports only": run_child([sys.executable, "-c", imports], scratch, env)}
+    outputs = {"index": paths.IMAGES, "split": paths.SPLIT, "pairs": paths.PAIRS,
+               "trials": paths.TRIALS}
+    for stage in DATA_STAGES:
+        entry = run_child([sys.executable, "-m", "tasks.cli", stage], scratch, env)
+        rows = len(pd.read_parquet(scratch / outputs[stage], columns=[]))
+        unit = "images" if stage == "index" else "rows"
+        entry.update({unit: rows, f"{unit}_per_s": round(rows / entry["seconds"], 1)})
+        out[stage] = entry
+    out.update(bench_index_parts(raw, scratch, params))
+    return out
+
+
+def bench_index_parts(raw: Path, scratch: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The index stage's two halves in this process: scan + read + hash + decode, and pack."""
+    from tasks import index
+    from tasks.atomic import write_npy
+    from tasks.images import pack
+
+    start = time.perf_counter()
+    images, pixels, _ = index.build_images(raw, index.index_params(params))
+    decode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    write_npy(pack(pixels), scratch / "pixels-bench.npy")
+    pack_s = time.perf_counter() - start
+    n = len(images)
+    return {
+        "index: scan+hash+decode": {"seconds": round(decode_s, 3), "images": n,
+                                    "images_per_s": round(n / decode_s, 1)},
+        "index: pack+write": {"seconds": round(pack_s, 3), "images": n,
+                              "images_per_s": round(n / pack_s, 1)},
+    }
+
+
+# --- 2. training input path -----------------------------------------------------------------
+
+
+def png_ink(path: Path) -> np.ndarray:
+    """The seed's decoding of one file: PIL opens it, numpy makes an array, ink = True."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L")) < 128
+
+
+def seed_batch(raw: Path, files: np.ndarray, left: np.ndarray, right: np.ndarray,
+               size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's input path: both PNGs of every pair read from disk, for every batch."""
+    from tasks.images import to_tensor
+
+    x1 = np.stack([png_ink(raw / files[i]) for i in left])
+    x2 = np.stack([png_ink(raw / files[i]) for i in right])
+    return to_tensor(x1, size), to_tensor(x2, size)
+
+
+def train_config(params: dict[str, Any], **overrides: Any):
+    """train.py's Config from params.yaml with `overrides` (arch, image_size, objective, ...)."""
+    from tasks.train import parse_config
+
+    sec = dict(params.get("train", {}), **overrides)
+    return parse_config({**params, "train": sec})
+
+
+def load_train_data(params: dict[str, Any], size: int):
+    """train.py's own data loading at `size` (all images as one tensor); (data, seconds)."""
+    from tasks.train import load_data
+
+    cfg = train_config(params, image_size=size, objective="pairs")
+    start = time.perf_counter()
+    data = load_data(cfg, torch.device("cpu"))
+    return data, time.perf_counter() - start
+
+
+def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
+    """Pairs per second delivered to the model, undistorted, same batch size: train.py's
+    next_batch (packed pixels preloaded as one tensor at the training size, batches by
+    indexing) at each size, against the seed's path (PNGs from disk to 105x105 tensors)."""
+    from tasks.train import next_batch
+
+    files = pd.read_parquet(paths.IMAGES, columns=["path"])["path"].to_numpy()
+    data, _ = data_by_size[105]
+    pairs = data.pairs[np.random.default_rng(0).permutation(len(data.pairs))]
+    batches = iter([pairs[i * sizes.batch:(i + 1) * sizes.batch]
+                    for i in range(sizes.seed_batches + 1)])
+
+    def seed_step() -> None:
+        rows = next(batches)
+        seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], 105)
+
+    seed = per_second(sizes.batch, durations(seed_step, sizes.seed_batches))
+    rows = pairs[: sizes.batch]
+    x1, x2 = seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], 105)
+    ids = torch.from_numpy(np.concatenate([rows[:, 0], rows[:, 1]]))
+    profile = int(train_config(params).image_size)
+    out: dict[str, Any] = {
+        "batch": sizes.batch, "seed_image_size": 105, "seed_pairs_per_s": round(seed, 1),
+        "profile_image_size": profile, "epoch_pairs": len(data.pairs),
+        "same_tensors_at_105": bool(torch.equal(torch.cat([x1, x2]), data.images[ids])),
+    }
+    rng, gen, cpu = np.random.default_rng(0), torch.Generator().manual_seed(0), torch.device("cpu")
+    for size, (data, setup_s) in sorted(data_by_size.items()):
+        cfg = train_config(params, image_size=size, objective="pairs", batch_pairs=sizes.batch,
+                           augment_probability=0.0)
+        ours = per_second(sizes.batch, durations(
+            lambda cfg=cfg, data=data: next_batch(cfg, data, rng, gen, cpu), sizes.project_batches))
+        epoch = len(data.pairs)
+        out[f"at {size}"] = {
+            "pairs_per_s": round(ours, 1), "speedup": ratio(ours, seed),
+            "setup_s": round(setup_s, 2),
+            "speedup_one_epoch_with_setup": ratio(epoch / seed, setup_s + epoch / ours),
+        }
+    out["speedup"] = out[f"at {profile}"]["speedup"] if f"at {profile}" in out else None
+    out["speedup_same_size"] = out["at 105"]["speedup"]
+    return out
+
+
+def bench_augment(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
+    """tasks.augment.distort alone on a batch of pairs, at each training size."""
+    from tasks.augment import distort
+
+    p = float(params.get("train", {}).get("augment_probability", 0.5))
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {"probability": p}
+    for size, (data, _) in data_by_size.items():
+        x = data.images[: 2 * sizes.batch].contiguous()
+        rate = per_second(sizes.batch, durations(lambda x=x: distort(x, gen, p),
+                                                 sizes.augment_batches))
+        out[f"pairs_per_s at {size}"] = round(rate, 1)
+    return out
+
+
+# --- 3. training step -----------------------------------------------------------------------
+
+
+def pair_flops(net: torch.nn.Module, size: int) -> float:
+    """FLOPs of one training pair: 2 images x (forward + backward = 3 forwards) of the
+    embedding net's convolutions and linear layers (multiply-adds count 2)."""
+    total = [0.0]
+
+    def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total[0] += 2.0 * output[0].numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total[0] += 2.0 * module.in_features * module.out_features
+
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            net.embed(torch.zeros(1, 1, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * 3 * total[0]
+
+
+def step_runner(cfg, data, load: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """One optimisation step as train.py's loop does it (next_batch, objective, backward, step);
+    with `load`, the batch comes from that loader instead (the seed's way)."""
+    from tasks.model import build_model
+    from tasks.train import PairLoss, make_optimizer, next_batch
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
+    net = net.to(memory_format=torch.channels_last).train()
+    objective, optimizer = PairLoss(net), make_optimizer(cfg, net)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+
+    def step() -> None:
+        x, same = load() if load else next_batch(cfg, data, rng, gen, cpu)
+        loss = objective(x, same)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, net
+
+
+def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
+    """Pairs per second of a training step per (arch, size): the project's step (its loader and
+    distortions) and the seed-style step (PNGs from disk for every pair, no distortion)."""
+    files = pd.read_parquet(paths.IMAGES, columns=["path"])["path"].to_numpy()
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    for arch, size, batch, steps in sizes.steps:
+        data, _ = data_by_size[size]
+        cfg = train_config(params, arch=arch, image_size=size, objective="pairs",
+                           batch_pairs=batch)
+        pairs = data.pairs[np.random.default_rng(1).permutation(len(data.pairs))]
+        chunks = iter([pairs[i * batch:(i + 1) * batch] for i in range(steps + 1)])
+
+        def seed_load(size=size, chunks=chunks) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = next(chunks)
+            x1, x2 = seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], size)
+            return torch.cat([x1, x2]), torch.from_numpy(rows[:, 2])
+
+        ours_step, net = step_runner(cfg, data)
+        ours = per_second(batch, durations(ours_step, steps))
+        seed_step, _ = step_runner(cfg, data, seed_load)
+        seed = per_second(batch, durations(seed_step, steps))
+        flops = pair_flops(net, size)
+        out[f"{arch} at {size}"] = {
+            "batch": batch, "steps": steps, "pairs_per_s": round(ours, 2),
+            "seed_pairs_per_s": round(seed, 2), "speedup": ratio(ours, seed),
+            "gflop_per_pair": round(flops / 1e9, 3),
+            "gflop_per_s": round(ours * flops / 1e9, 1),
+        }
+    return out
+
+
+# --- 4. evaluation --------------------------------------------------------------------------
+
+
+class EmbedCounter:
+    """Counts the images that pass through the embedding net (one 'network pass' each)."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        self.images = 0
+
+    def __enter__(self) -> "EmbedCounter":
+        embed = self.net.embed
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            self.images += len(x)
+            return embed(x)
+
+        self.net.embed = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.net.embed
+
+
+def seed_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame) -> np.ndarray:
+    """The seed's scoring [T, n]: per trial, n tiled copies of the query and the n candidates
+    (preprocessed as in training) through the whole twin, so each trial costs 2n embeddings."""
+    from tasks.images import to_tensor
+
+    net = getattr(model, "module", model).eval()
+    out = []
+    with torch.no_grad():
+        for query, candidates in zip(trials["query_id"], trials["candidate_ids"], strict=True):
+            c = np.array(candidates, dtype=np.int64)
+            x1 = to_tensor(pixels[np.full(len(c), int(query))], net.image_size)
+            out.append(net(x1, to_tensor(pixels[c], net.image_size)).float().numpy())
+    return np.stack(out)
+
+
+def project_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame,
+                         batch_size: int) -> np.ndarray:
+    """The evaluate stage's scoring: each image the trials name embedded once (embedding_table),
+    then tasks.scoring.trial_scores runs the head alone on the table."""
+    from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids
+    from tasks.scoring import trial_scores
+
+    no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
+    table = embedding_table(model, pixels, needed_ids(trials, no_pairs), "cpu", batch_size)
+    return trial_scores(EmbeddingTable(model), table, trials, "cpu", batch_size=len(table))
+
+
+def compare_scoring(model, pixels: np.ndarray, trials: pd.DataFrame, seed_trials: int,
+                    batch_size: int) -> dict[str, Any]:
+    """The evaluate stage's scoring against the seed's tiling, same model, same trials."""
+    net = getattr(model, "module", model)
+    with EmbedCounter(net) as counter:
+        start = time.perf_counter()
+        ours = project_trial_scores(model, pixels, trials, batch_size)
+        ours_s = time.perf_counter() - start
+    ours_passes = counter.images
+    subset = trials.iloc[:seed_trials]
+    with EmbedCounter(net) as counter:
+        start = time.perf_counter()
+        seed = seed_trial_scores(model, pixels, subset)
+        seed_s = time.perf_counter() - start
+    ours_rate, seed_rate = len(trials) / ours_s, len(subset) / seed_s
+    same = bool(np.array_equal(ours[: len(subset)].argmax(1), seed.argmax(1)))
+    return {
+        "trials": len(trials), "seed_trials": len(subset),
+        "trials_per_s": round(ours_rate, 1), "seed_trials_per_s": round(seed_rate, 1),
+        "passes_per_trial": round(ours_passes / len(trials), 2),
+        "seed_passes_per_trial": round(counter.images / len(subset), 2),
+        "speedup": ratio(ours_rate, seed_rate), "same_predictions": same,
+        "max_abs_logit_diff": float(np.abs(ours[: len(subset)] - seed).max()),
+    }
+
+
+def eval_model(params: dict[str, Any]):
+    """The trained model if there is one, else a fresh one of the train profile (same speed)."""
+    from tasks.model import build_model, load_model
+
+    if paths.MODEL.is_file():
+        model, meta = load_model(paths.MODEL, "cpu")
+        return model, f"{paths.MODEL} ({meta['arch']} at {meta['image_size']})"
+    sec = params.get("train", {})
+    torch.manual_seed(0)
+    model = build_model(sec.get("arch", "compact"), int(sec.get("image_size", 28))).eval()
+    return model, f"untrained {model.arch} at {model.image_size} (no {paths.MODEL} yet)"
+
+
+def bench_eval(params: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
+    """The evaluate stage's trial scoring against the seed's, per trial set at its largest n."""
+    from tasks.evaluate import read_config
+    from tasks.images import load_pixels
+
+    model, which = eval_model(params)
+    pixels = load_pixels(paths.PIXELS)
+    trials = pd.read_parquet(paths.TRIALS)
+    batch_size = read_config(params).batch_size
+    out: dict[str, Any] = {"model": which, "batch_size": batch_size}
+    for trial_set in EVAL_SETS:
+        chosen = trials[trials["trial_set"] == trial_set]
+        if len(chosen):
+            n_way = int(chosen["n_way"].max())
+            group = chosen[chosen["n_way"] == n_way].sort_values("trial_id")
+            out[f"{trial_set} {n_way}-way"] = compare_scoring(model, pixels, group,
+                                                              sizes.seed_trials, batch_size)
+    return out
+
+
+# --- 5. DVC and Prefect when everything is cached ------------------------------------------
+
+
+def pipeline_env() -> dict[str, str]:
+    """As the Makefile sets it: Prefect's home in the project, its temporary server, offline."""
+    env = child_env()
+    env.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return env
+
+
+def dvc_clean(env: dict[str, str], *targets: str) -> str | None:
+    """None when `dvc status` finds the targets (with their upstream stages) up to date, else
+    why not: a no-op repro is only timed when it cannot run a stage."""
+    dvc = [sys.executable, "-m", "dvc"]
+    proc = subprocess.run([*dvc, "status", "--json", "--with-deps", *targets], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"dvc status failed: {proc.stderr.strip()[-300:]}"
+    text = proc.stdout.strip()
+    if text not in ("{}", ""):
+        changed = ", ".join(sorted(json.loads(text)))
+        return f"not up to date ({changed}); run `dvc repro` first"
+    return None
+
+
+def bench_pipeline(stages: int) -> dict[str, Any]:
+    """A no-op `dvc repro` against a fully cached `siamese run` (one Prefect task per stage)."""
+    env = pipeline_env()
+    why = dvc_clean(env)
+    if why:
+        return {"skipped": why}
+    dvc = run_child([sys.executable, "-m", "dvc", "repro"], Path("."), env)
+    flow = run_child([sys.executable, "-m", "tasks.cli", "run"], Path("."), env)
+    return {
+        "stages": stages, "dvc_repro_noop_s": dvc["seconds"], "cached_flow_s": flow["seconds"],
+        "flow_peak_rss_mib": flow["peak_rss_mib"],
+        "overhead_per_stage_s": round((flow["seconds"] - dvc["seconds"]) / stages, 2),
+    }
+
+
+def bench_dvc_data() -> dict[str, Any]:
+    """A no-op `dvc repro trials` (fetch to trials, all up to date)."""
+    env = pipeline_env()
+    why = dvc_clean(env, "trials")
+    if why:
+        return {"skipped": why}
+    return run_child([sys.executable, "-m", "dvc", "repro", "trials"], Path("."), env)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+def check_inputs() -> None:
+    needed = (paths.RAW, paths.IMAGES, paths.PIXELS, paths.SPLIT, paths.PAIRS, paths.TRIALS)
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise PipelineError(f"bench needs the data stages' outputs ({', '.join(missing)} "
+                            "missing); run `dvc repro trials` first, from the repository root")
+
+
+def count_stages() -> int:
+    import yaml
+
+    return len(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])
+
+
+def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
+    """`siamese bench [--quick]`: measure, print the table, write reports/bench.{json,md}."""
+    from tasks.params import load_params
+
+    sizes = sizes or (QUICK if quick else FULL)
+    check_inputs()
+    params = load_params(paths.PARAMS)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "sizes": asdict(sizes), "section_s": {}}
+
+    def measure(name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        value = fn()
+        results["section_s"][name] = round(time.perf_counter() - start, 1)
+        return value
+
+    if sizes.stages:
+        with tempfile.TemporaryDirectory(prefix="siamese-bench-") as scratch:
+            results["data_stages"] = measure("data_stages",
+                                             lambda: bench_stages(Path(scratch), params))
+    if sizes.pipeline:
+        noop = measure("dvc_data", bench_dvc_data)
+        results.setdefault("data_stages", {})["dvc repro trials (no-op)"] = noop
+    profile = int(train_config(params).image_size)
+    data_by_size = measure("load", lambda: {
+        size: load_train_data(params, size)
+        for size in sorted({105, profile, *(s[1] for s in sizes.steps)})})
+    results["input_path"] = measure("input_path", lambda: bench_input(params, sizes, data_by_size))
+    results["augment"] = measure("augment", lambda: bench_augment(params, sizes, data_by_size))
+    results["train_step"] = measure("train_step", lambda: bench_steps(params, sizes, data_by_size))
+    data_by_size.clear()  # free the image tensors before the evaluation loads its own
+    results["evaluation"] = measure("evaluation", lambda: bench_eval(params, sizes))
+    if sizes.pipeline:
+        results["prefect"] = measure("prefect", lambda: bench_pipeline(count_stages()))
+    results["input_path_speedup"] = results["input_path"]["speedup"]
+    results["eval_speedup"] = next((e["speedup"] for k, e in results["evaluation"].items()
+                                    if k.startswith("evaluation ")), None)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    table = markdown(table_rows(results))
+    write_json(results, BENCH_JSON)
+    write_text(table, BENCH_MD)
+    print(table)
+    return results
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        value = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value} {unit}".strip()
+
+
+def stage_rows(stages: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, e in stages.items():
+        if "skipped" in e:
+            rows.append(("data", name, "skipped: " + e["skipped"], "", ""))
+            continue
+        rate = next(((k, v) for k, v in e.items() if k.endswith("_per_s")), None)
+        what = fmt(rate[1], rate[0].replace("_per_s", "/s")) if rate else fmt(e["seconds"], "s")
+        memory = f", peak {fmt(e['peak_rss_mib'], 'MiB')}" if "peak_rss_mib" in e else ""
+        rows.append(("data", name, f"{what} ({fmt(e['seconds'], 's')}{memory})", "", ""))
+    return rows
+
+
+def table_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(part, measure, this project, seed notebook, ratio) for every headline figure."""
+    rows = stage_rows(r.get("data_stages", {}))
+    i = r["input_path"]
+    for key, e in i.items():
+        if isinstance(e, dict):
+            rows.append(("input path", f"pairs/s, batch {i['batch']}: project {key} (setup "
+                         f"{fmt(e['setup_s'], 's')}), seed at {i['seed_image_size']}",
+                         fmt(e["pairs_per_s"]), fmt(i["seed_pairs_per_s"]), fmt(e["speedup"], "x")))
+            rows.append(("input path", f"one epoch ({i['epoch_pairs']} pairs) {key}, setup "
+                         "included", "", "", fmt(e["speedup_one_epoch_with_setup"], "x")))
+    for key, value in r["augment"].items():
+        if key.startswith("pairs_per_s"):
+            rows.append(("augment", f"distort alone, pairs/s {key.split(' ', 1)[1]}",
+                         fmt(value), "", ""))
+    steps = r["train_step"]
+    for key, e in steps.items():
+        if isinstance(e, dict):
+            rows.append(("train step", f"{key}, batch {e['batch']}, {steps['threads']} threads, "
+                         f"pairs/s ({fmt(e['gflop_per_s'], 'GFLOP/s')})",
+                         fmt(e["pairs_per_s"]), fmt(e["seed_pairs_per_s"]), fmt(e["speedup"], "x")))
+    ev = r["evaluation"]
+    for key, e in ev.items():
+        if isinstance(e, dict):
+            rows.append(("evaluation", f"{key} trials/s (same predictions: "
+                         f"{e['same_predictions']})", fmt(e["trials_per_s"]),
+                         fmt(e["seed_trials_per_s"]), fmt(e["speedup"], "x")))
+            rows.append(("evaluation", f"{key} network passes per trial",
+                         fmt(e["passes_per_trial"]), fmt(e["seed_passes_per_trial"]), ""))
+    p = r.get("prefect")
+    if p and "skipped" in p:
+        rows.append(("prefect", "cached flow", "skipped: " + p["skipped"], "", ""))
+    elif p:
+        both = f"{fmt(p['cached_flow_s'], 's')} vs {fmt(p['dvc_repro_noop_s'], 's')}"
+        rows.append(("prefect", f"cached `siamese run` vs no-op `dvc repro` ({p['stages']} "
+                     "stages)", both, "", ""))
+        rows.append(("prefect", "overhead per stage", fmt(p["overhead_per_stage_s"], "s"), "", ""))
+    return rows
+
+
+def markdown(rows: list[tuple[str, ...]]) -> str:
+    header = ("part", "measure", "this project", "seed notebook", "ratio")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""`siamese bench` and the GPU script, run on tiny sizes so that neither can rot.
+
+The figures themselves are not checked (a shared CI machine gives any numbers); what is
+checked: every section runs through the project's real code, the seed baselines compute the
+same things as the project's paths, and the reports hold the promised keys.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import bench
+from tests.conftest import build_data
+from tests.synthetic import Layout, make_source
+
+REPO = Path(__file__).resolve().parents[1]
+# Alphabets of 21 characters: enough for the 20-way validation trials that train.py needs.
+LAYOUT = Layout(background=(("Alpha", 21), ("Beta", 21)), evaluation=(("Delta", 21),), runs=1)
+EDITS = {
+    "index": {"expected_fingerprint": None},
+    "pairs": {"train_count": 200, "valid_count": 100},
+    "trials": {"n_way": [20], "per_alphabet": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return make_source(tmp_path_factory.mktemp("bench-source"), LAYOUT)
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory, source) -> tuple[dict, Path]:
+    root = build_data(tmp_path_factory.mktemp("bench-project"), source, EDITS)
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        return bench.run(sizes=bench.TINY), root
+    finally:
+        os.chdir(here)
+
+
+def test_bench_runs_every_section_and_writes_reports(tiny_bench):
+    r, root = tiny_bench
+    saved = json.loads((root / "reports/bench.json").read_text())
+    assert saved["input_path_speedup"] == r["input_path_speedup"] > 0
+    assert saved["eval_speedup"] == r["eval_speedup"] > 0
+    assert "| input path |" in (root / "reports/bench.md").read_text()
+    stages = r["data_stages"]
+    for stage in ("index", "split", "pairs", "trials"):
+        assert stages[stage]["seconds"] > 0 and stages[stage]["peak_rss_mib"] > 10
+    assert stages["index"]["images"] == stages["index: pack+write"]["images"] > 0
+    assert set(r["train_step"]) == {"threads", "compact at 28", "koch at 105"}
+
+
+def test_bench_baselines_compute_what_the_project_computes(tiny_bench):
+    r, _ = tiny_bench
+    # The seed's PNG path and the project's packed path deliver identical tensors ...
+    assert r["input_path"]["same_tensors_at_105"] is True
+    # ... and tiling the query through the twin predicts what embedding once predicts.
+    scored = [e for e in r["evaluation"].values() if isinstance(e, dict)]
+    assert scored and all(e["same_predictions"] for e in scored)
+    assert all(e["seed_passes_per_trial"] == 2 * int(k.split()[1].split("-")[0])
+               for k, e in r["evaluation"].items() if isinstance(e, dict))
+    # Koch's network: 10.9 GFLOP per training pair at 105x105, as the issue states.
+    assert r["train_step"]["koch at 105"]["gflop_per_pair"] == pytest.approx(10.9, abs=0.05)
