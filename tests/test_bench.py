@@ -67,3 +67,44 @@ def test_bench_baselines_compute_what_the_project_computes(tiny_bench):
                for k, e in r["evaluation"].items() if isinstance(e, dict))
     # Koch's network: 10.9 GFLOP per training pair at 105x105, as the issue states.
     assert r["train_step"]["koch at 105"]["gflop_per_pair"] == pytest.approx(10.9, abs=0.05)
+
+
+# The packages the GPU machine's Python may lack: the script must run without any of them.
+BLOCKED = ("yaml", "tqdm", "matplotlib", "dvclive", "prefect", "dvc")
+WITHOUT = f"""
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ImportError(f"blocked for the test: {{name}}")
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_gpu_script_smoke_runs_without_yaml_tqdm_matplotlib(source, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", WITHOUT, str(REPO / "bench/gpu.py"), "--smoke",
+           "--zips", str(source), "--out", str(out)]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    r = json.loads((out / "gpu.json").read_text())
+    assert r["stand_ins"] == ["yaml", "tqdm", "matplotlib"]
+    assert set(r["data_stages_s"]) == {"fetch", "index", "split", "pairs", "trials"}
+    step = r["koch_step"][0]
+    assert step["pairs_per_s"] > 0 and step["fraction_of_peak"] > 0
+    assert r["evaluate"]["step"] == 2 and {"evaluation 20-way", "lake 20-way"} <= set(r["evaluate"])
+    assert "| Koch step bf16" in (out / "gpu.md").read_text()
+
+
+def test_gpu_script_reads_params_yaml_without_pyyaml():
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("gpu", REPO / "bench/gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    text = (REPO / "params.yaml").read_text()
+    assert gpu.parse_yaml(text) == yaml.safe_load(text)

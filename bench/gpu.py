@@ -1,0 +1,401 @@
+"""The GPU benchmark, for a lent H200 (bench/gpu.sh runs it), in under 8 minutes of machine time.
+
+1. builds the data from the three Omniglot zips in a folder, with the project's own stage
+   functions (tasks.fetch.run ... tasks.trials.run), in a scratch folder;
+2. measures the bf16 matrix-product peak (8192^3, random operands, CUDA events);
+3. measures Koch's network's training step in bf16 as train.py runs it (pairs/s, and the
+   fraction of that peak in model FLOPs: 10.9 GFLOP per pair, counted from the layers);
+4. trains the paper profile (Koch's network at 105x105) with tasks.train for the time left,
+   then scores the 20-way evaluation and Lake trials with the evaluate stage's scoring.
+Prints a table; writes gpu.json (and gpu.md) to --out, or $OUT when set.
+
+It runs with the machine's own Python: torch, numpy, pandas, pyarrow and pillow are needed;
+pyyaml, tqdm, matplotlib and dvclive are not (small stand-ins are installed when missing).
+`--smoke` runs every step on the CPU at tiny sizes (the test suite does, on synthetic zips).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
+PAPER = {"arch": "koch", "image_size": 105, "lr": 0.0005}  # the rest: params.yaml's train
+SMOKE_EDITS = {  # what a small synthetic source (tests/test_bench.py's) can feed
+    "index": {"expected_fingerprint": None},
+    "pairs": {"train_count": 200, "valid_count": 100},
+    "trials": {"n_way": [20], "per_alphabet": 2},
+    # Koch's network at 65x65, the smallest input it takes: the same code, 2.6x less work.
+    "train": {"image_size": 65, "episode_alphabets": 2, "episode_characters": 4, "eval_every": 2},
+}
+EVAL_RESERVE_S = 40.0  # kept back from training for the final evaluation and the report
+
+
+# --- stand-ins for packages the GPU machine may lack -----------------------------------------
+
+
+def scalar(text: str) -> Any:
+    """A YAML scalar or flow list, as params.yaml writes them."""
+    if text.startswith("[") and text.endswith("]"):
+        return [scalar(t.strip()) for t in text[1:-1].split(",") if t.strip()]
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if text in ("null", "~"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_yaml(text: str) -> dict[str, Any]:
+    """The subset of YAML that params.yaml uses: nested mappings by indentation, scalars,
+    flow lists and comments. Only used where pyyaml is not installed."""
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, value = line.strip().partition(":")
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        if value.strip():
+            parent[key] = scalar(value.strip())
+        else:
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+    return root
+
+
+class NoBar:
+    """tqdm's interface, doing nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def stand_in(name: str, **attributes: Any) -> types.ModuleType:
+    """A module `name` holding `attributes`, with a spec (torch's import checks look for one)."""
+    import importlib.machinery
+
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attributes)
+    sys.modules[name] = module
+    return module
+
+
+def install_stand_ins() -> list[str]:
+    """Stand-ins for pyyaml (params.yaml's subset) and tqdm; names what was stood in for."""
+    missing = []
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        stand_in("yaml", safe_load=parse_yaml, YAMLError=ValueError)
+        missing.append("yaml")
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        stand_in("tqdm", tqdm=NoBar)
+        missing.append("tqdm")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        import tasks.train
+
+        tasks.train.draw_curves = lambda *args, **kwargs: None  # the curves picture only
+        missing.append("matplotlib")
+    return missing
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def build_params(smoke: bool) -> dict[str, Any]:
+    """params.yaml with the paper profile as its train section (and the smoke edits)."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"] = {**params["train"], **PAPER}
+    for name, values in (SMOKE_EDITS if smoke else {}).items():
+        params[name] = {**params[name], **values}
+    return params
+
+
+def build_data(params: dict[str, Any], zips: Path) -> dict[str, float]:
+    """The five data stages, called as functions (as the CLI does), timed."""
+    import importlib
+
+    os.environ["OMNIGLOT_SOURCE"] = str(zips.resolve())
+    seconds = {}
+    for stage in DATA_STAGES:
+        start = time.perf_counter()
+        importlib.import_module(f"tasks.{stage}").run(params)
+        seconds[stage] = round(time.perf_counter() - start, 2)
+    return seconds
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, calls: int, warmup: int, device: str) -> float:
+    """Median seconds of one call, after `warmup` calls; CUDA synchronised around each."""
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: str, n: int, calls: int) -> float:
+    """bf16 FLOP/s of an n x n x n product on random operands, timed with CUDA events."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    if not device.startswith("cuda"):
+        return 2 * n**3 / timed(lambda: a @ b, calls, 1, device)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * calls / (start.elapsed_time(end) / 1000)
+
+
+def train_cfg(params: dict[str, Any], device: str, **overrides: Any):
+    from tasks.train import parse_config
+
+    train = {**params["train"], "device": device, **overrides}
+    return parse_config({**params, "train": train})
+
+
+def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int) -> dict:
+    """Pairs/s of train.py's step on Koch's network, bf16 autocast on CUDA, as its loop runs it:
+    with next_batch (indexing + distortions on the device) and on one fixed batch (model only)."""
+    import numpy as np
+    import torch
+
+    from tasks.bench import pair_flops
+    from tasks.model import build_model
+    from tasks.train import PairLoss, make_optimizer, next_batch
+
+    cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
+    dev = torch.device(device)
+    net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
+    net = net.to(dev, memory_format=torch.channels_last).train()
+    objective, optimizer = PairLoss(net), make_optimizer(cfg, net)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    fixed = next_batch(cfg, data, rng, gen, dev)
+
+    def step(batch_fn) -> None:
+        x, same = batch_fn()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = objective(x, same)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    full = timed(lambda: step(lambda: next_batch(cfg, data, rng, gen, dev)), calls, 2, device)
+    model_only = timed(lambda: step(lambda: fixed), calls, 1, device)
+    return {"batch": batch, "pairs_per_s": batch / full,
+            "model_only_pairs_per_s": batch / model_only,
+            "flop_per_pair": pair_flops(net.cpu().float(), cfg.image_size)}
+
+
+def profile_steps(params: dict[str, Any], data, device: str, seconds: float) -> int:
+    """Steps of the paper profile (its own objective) that fit in `seconds`, from 5 timed steps,
+    so the cosine schedule ends when the time does (train.max_minutes is only a guard)."""
+    import numpy as np
+    import torch
+
+    from tasks.model import build_model
+    from tasks.train import EpisodeLoss, PairLoss, make_optimizer, next_batch
+
+    cfg = train_cfg(params, device)
+    dev = torch.device(device)
+    net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
+    net = net.to(dev, memory_format=torch.channels_last).train()
+    objective = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
+    optimizer = make_optimizer(cfg, net)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x, side = next_batch(cfg, data, rng, gen, dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = objective(x, side)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    per_step = timed(step, 5, 2, device)
+    # Validation every eval_every steps costs time too: keep a tenth back for it.
+    return max(2, int(0.9 * seconds / per_step))
+
+
+def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
+    """20-way accuracy of models/model.pt on the evaluation and Lake trials (95% Wilson CI),
+    with the evaluate stage's scoring (each image embedded once, then the head)."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks import paths
+    from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids, wilson_interval
+    from tasks.images import load_pixels
+    from tasks.model import load_model
+    from tasks.scoring import credit, trial_scores
+
+    model, meta = load_model(paths.MODEL, device)
+    pixels = load_pixels(paths.PIXELS)
+    trials = pd.read_parquet(paths.TRIALS)
+    out: dict[str, Any] = {"step": int(meta["step"]), "valid_accuracy": meta["valid_accuracy"]}
+    no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
+    for trial_set in ("evaluation", "lake"):
+        chosen = trials[trials["trial_set"] == trial_set]
+        if chosen.empty:
+            continue
+        n_way = int(chosen["n_way"].max())
+        group = chosen[chosen["n_way"] == n_way].sort_values("trial_id")
+        start = time.perf_counter()
+        table = embedding_table(model, pixels, needed_ids(group, no_pairs), device,
+                                int(params["evaluate"]["batch_size"]))
+        scores = trial_scores(EmbeddingTable(model), table, group, "cpu", len(table))
+        got = credit(scores, group["answer"].to_numpy(dtype=np.int64))
+        lo, hi = wilson_interval(float(got.sum()), len(got))
+        out[f"{trial_set} {n_way}-way"] = {
+            "accuracy": round(float(got.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "trials": len(got), "seconds": round(time.perf_counter() - start, 2)}
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None) -> dict[str, Any]:
+    started = time.monotonic()
+    stood_in = install_stand_ins()
+    import torch
+
+    from tasks import train
+    from tasks.images import load_pixels  # noqa: F401  (fails early if the tree is broken)
+
+    device = "cpu" if smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu.py: no CUDA device here (use --smoke to run on the CPU)")
+    work = Path(tempfile.mkdtemp(prefix="siamese-gpu-"))
+    os.chdir(work)
+    params = build_params(smoke)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__, "stand_ins": stood_in, "smoke": smoke,
+        "data_stages_s": build_data(params, zips),
+    }
+    peak = matmul_peak(device, 256 if smoke else 8192, 2 if smoke else 20)
+    result["bf16_matmul_tflops"] = round(peak / 1e12, 1 if not smoke else 4)
+    data = train.load_data(train_cfg(params, device), torch.device(device))
+    steps = [koch_step(params, data, device, b, 2 if smoke else 10)
+             for b in ((2,) if smoke else (128, 512))]
+    for s in steps:
+        s["fraction_of_peak"] = round(s["pairs_per_s"] * s["flop_per_pair"] / peak, 3)
+        s["model_only_fraction_of_peak"] = round(
+            s["model_only_pairs_per_s"] * s["flop_per_pair"] / peak, 3)
+    result["koch_step"] = steps
+    left = budget_s - (time.monotonic() - started) - EVAL_RESERVE_S
+    train_s = 2.0 if smoke else max(30.0, left)
+    planned = profile_steps(params, data, device, train_s) if not smoke else 2
+    del data
+    profile = {**params["train"], "device": device, "steps": planned,
+               "max_minutes": round(train_s / 60 + 0.5, 2)}
+    params = {**params, "train": profile}
+    start = time.monotonic()
+    train.run(params, device=device)
+    result["train"] = {"profile": {k: profile[k] for k in ("arch", "image_size", "objective",
+                                                           "optimizer", "lr", "steps")},
+                       "seconds": round(time.monotonic() - start, 1)}
+    result["evaluate"] = evaluate(device, params)
+    result["total_s"] = round(time.monotonic() - started, 1)
+    write(result, out_dir)
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [("device", r["device"]), ("data stages (s)", json.dumps(r["data_stages_s"])),
+            ("bf16 matmul peak (TFLOP/s)", r["bf16_matmul_tflops"])]
+    for s in r["koch_step"]:
+        rows.append((f"Koch step bf16, batch {s['batch']}: pairs/s (model only)",
+                     f"{s['pairs_per_s']:,.0f} ({s['model_only_pairs_per_s']:,.0f})"))
+        rows.append((f"  fraction of the peak at {s['flop_per_pair'] / 1e9:.2f} GFLOP/pair",
+                     f"{s['fraction_of_peak']} ({s['model_only_fraction_of_peak']})"))
+    rows.append(("paper profile trained (s, steps)",
+                 f"{r['train']['seconds']} s, {r['train']['profile']['steps']} steps planned"))
+    for key, e in r["evaluate"].items():
+        if isinstance(e, dict):
+            rows.append((f"{key} accuracy [95% CI]", f"{e['accuracy']:.3f} {e['ci95']}"))
+    rows.append(("total (s)", r["total_s"]))
+    return "\n".join(["| measure | value |", "|---|---|"]
+                     + [f"| {a} | {b} |" for a, b in rows]) + "\n"
+
+
+def write(result: dict[str, Any], out_dir: Path | None) -> None:
+    text = table(result)
+    print(text)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "gpu.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        (out_dir / "gpu.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zips", type=Path, required=True,
+                        help="folder with the three Omniglot zips and SHA256SUMS")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="seconds for the whole script (training takes what is left)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (for the tests)")
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None)
+    args = parser.parse_args(argv)
+    out = args.out.resolve() if args.out else None
+    run(args.zips.resolve(), args.budget_s, args.smoke, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
