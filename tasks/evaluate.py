@@ -20,6 +20,7 @@ from tasks import paths
 from tasks.atomic import atomic_path, write_json, write_parquet, write_text
 from tasks.errors import PipelineError
 from tasks.images import load_pixels, to_tensor
+from tasks.index import read_manifest
 from tasks.model import load_model
 from tasks.params import get, get_int, section
 from tasks.scoring import credit, embed_images, trial_scores
@@ -98,15 +99,6 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path, stage: str) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the {stage} stage first") from None
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise PipelineError(f"{path}: not a readable Parquet file ({e})") from None
-
-
 def check_trials(trials: pd.DataFrame, n_images: int, path: Path) -> None:
     """Every trial must name known images, n_way candidates and an answer among them."""
     missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
@@ -139,21 +131,60 @@ def check_pair_ids(pairs: pd.DataFrame, n_images: int, path: Path) -> None:
                             f"packed pixels hold {n_images} images)")
 
 
-def images_tensor(pixels: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
-    """All images preprocessed for the model, converted in chunks to bound memory."""
-    return torch.cat([to_tensor(pixels[i : i + chunk], size) for i in range(0, len(pixels), chunk)])
-
-
 # --- scoring ----------------------------------------------------------------------------------
 
 
-def predict_trials(model, images: torch.Tensor, trials: pd.DataFrame, device: str,
-                   batch_size: int) -> pd.DataFrame:
+class EmbeddingTable(torch.nn.Module):
+    """The model seen by scoring.trial_scores when its 'images' are embeddings already.
+
+    Each image is embedded once (embedding_table) for all trial sets and the pairs; trial
+    scoring, then, is the head alone: embed is the identity, score is the model's.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = getattr(model, "module", model)
+        self.head = self.model.head
+        self.dim = self.model.dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.model.score(a, b)
+
+
+def embedding_table(model, pixels: np.ndarray, ids: np.ndarray, device: str,
+                    batch_size: int, chunk: int = 4096) -> torch.Tensor:
+    """Embeddings [N, D] indexed by image_id: rows `ids` computed (preprocessed as in training,
+    at the model's image size), the others zero."""
+    net = getattr(model, "module", model)
+    table = torch.zeros(len(pixels), net.dim)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        images = to_tensor(pixels[part], net.image_size)
+        table[torch.from_numpy(part)] = embed_images(model, images, np.arange(len(part)), device,
+                                                     batch_size)
+    return table
+
+
+def needed_ids(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """Every image_id that a trial or a pair names, once."""
+    return np.unique(np.concatenate([
+        trials["query_id"].to_numpy(dtype=np.int64),
+        np.concatenate(trials["candidate_ids"].map(np.asarray).tolist()).astype(np.int64),
+        pairs["left_id"].to_numpy(dtype=np.int64),
+        pairs["right_id"].to_numpy(dtype=np.int64),
+    ]))
+
+
+def predict_trials(table: torch.Tensor, model, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: the predicted candidate (first top score), credit and all scores."""
     frames = []
+    scorer = EmbeddingTable(model)
     for (trial_set, n_way), group in trials.groupby(["trial_set", "n_way"], sort=True):
         group = group.sort_values("trial_id")
-        scores = trial_scores(model, images, group, device, batch_size)
+        scores = trial_scores(scorer, table, group, "cpu", batch_size=len(table))
         answers = group["answer"].to_numpy(dtype=np.int64)
         frames.append(pd.DataFrame({
             "trial_set": trial_set,
@@ -171,18 +202,15 @@ def predict_trials(model, images: torch.Tensor, trials: pd.DataFrame, device: st
     return pd.concat(frames, ignore_index=True)
 
 
-def verify_pairs(model, images: torch.Tensor, pairs: pd.DataFrame, device: str,
-                 batch_size: int) -> dict[str, Any]:
+def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame) -> dict[str, Any]:
     """Same/different accuracy (sigmoid(logit) > 0.5) and ROC AUC on the given pairs."""
     if len(pairs) == 0:
         return {"pairs": 0}
-    ids = np.concatenate([pairs["left_id"].to_numpy(), pairs["right_id"].to_numpy()])
-    distinct, inverse = np.unique(ids.astype(np.int64), return_inverse=True)
-    emb = embed_images(model, images, distinct, device, batch_size)
-    left, right = np.split(inverse, 2)
-    net = getattr(model, "module", model)
+    left = torch.tensor(pairs["left_id"].to_numpy(dtype=np.int64))
+    right = torch.tensor(pairs["right_id"].to_numpy(dtype=np.int64))
+    scorer = EmbeddingTable(model)
     with torch.no_grad():
-        logits = net.score(emb[torch.from_numpy(left)], emb[torch.from_numpy(right)]).numpy()
+        logits = scorer.score(table[left], table[right]).numpy()
     same = pairs["same"].to_numpy(dtype=bool)
     entry = accuracy_entry((logits > 0) == same, count_key="pairs")
     auc = roc_auc(logits, same)
@@ -226,44 +254,44 @@ def choose_pictures(predictions: pd.DataFrame, count: int, seed: int) -> pd.Data
 
 
 def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: pd.Series):
-    """The query, its candidates with their P(same); prediction framed green (right) or red
-    (wrong), the truth framed blue."""
-    from matplotlib.figure import Figure
+    """The query above its candidates, each captioned with P(same); the prediction framed
+    green (right) or red (wrong), the truth framed blue.
 
-    n = len(candidates)
-    cols = min(n, 10)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.2 * cols, 1.45 * (rows + 1)), dpi=80)
-    axes = fig.subplots(rows + 1, cols, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.axis("off")
-    show(axes[0, 0], pixels[row.query_id], "query", "black")
+    One mosaic image in one axes: a grid of subplots costs about a second a picture.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    size = pixels.shape[1]
+    cols = min(len(candidates), 10)
+    rows = 1 + math.ceil(len(candidates) / cols)
+    cell_w, cell_h = size + 24, size + 36  # room for the frame and a caption above
     right = row.predicted == row.answer
     probabilities = 1 / (1 + np.exp(-np.asarray(row.scores, dtype=np.float64)))
+    cells = [(0, row.query_id, "query", "black")]
     for i, image_id in enumerate(candidates):
-        colour, mark = "none", ""
+        colour, mark = "lightgrey", ""
         if i == row.predicted:
-            colour, mark = ("green", "predicted") if right else ("red", "predicted")
+            colour, mark = ("green" if right else "red"), " predicted"
         elif i == row.answer:
-            colour, mark = "blue", "truth"
-        show(axes[1 + i // cols, i % cols], pixels[image_id], f"{probabilities[i]:.2f} {mark}",
-             colour)
+            colour, mark = "blue", " truth"
+        cells.append((cols + i, image_id, f"{probabilities[i]:.3f}{mark}", colour))
+
+    canvas = np.zeros((rows * cell_h, cols * cell_w), dtype=bool)
+    fig = Figure(figsize=(cols * cell_w / 80, rows * cell_h / 80 + 0.4), dpi=80)
+    ax = fig.add_axes((0, 0, 1, rows * cell_h / (rows * cell_h + 32)))
+    ax.axis("off")
+    for k, image_id, caption, colour in cells:
+        y, x = (k // cols) * cell_h + 28, (k % cols) * cell_w + 12
+        canvas[y : y + size, x : x + size] = pixels[image_id]
+        ax.text(x + size / 2, y - 8, caption, ha="center", va="bottom", fontsize=9)
+        ax.add_patch(Rectangle((x - 5, y - 5), size + 9, size + 9, fill=False, edgecolor=colour,
+                               linewidth=1 if colour == "lightgrey" else 3))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     verdict = "right" if right else "wrong"
     fig.suptitle(f"{row.trial_set} {row.n_way}-way trial {row.trial_id}: {row.alphabet}, "
-                 f"{character.get(row.query_id, '')} ({verdict})", fontsize=9)
+                 f"{character.get(row.query_id, '')} ({verdict})", fontsize=10)
     return fig
-
-
-def show(ax, image: np.ndarray, title: str, frame: str) -> None:
-    ax.axis("on")
-    ax.imshow(image, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title, fontsize=7)
-    for spine in ax.spines.values():
-        spine.set_visible(frame != "none")
-        spine.set_color(frame)
-        spine.set_linewidth(3)
 
 
 def draw_per_alphabet(table: pd.DataFrame):
@@ -387,10 +415,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     index = read_manifest(paths.IMAGES, "index")
     character = index["character"].set_axis(index["image_id"])
 
-    images = images_tensor(pixels, int(meta["image_size"]))
-    predictions = predict_trials(model, images, trials, cfg.device, cfg.batch_size)
     valid_pairs = pairs[pairs["role"] == "valid"]
-    verification = verify_pairs(model, images, valid_pairs, cfg.device, cfg.batch_size)
+    ids = needed_ids(trials, valid_pairs)
+    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
+    model.cpu()  # scoring from the table: only the head runs, on the CPU
+    predictions = predict_trials(table, model, trials)
+    verification = verify_pairs(table, model, valid_pairs)
     metrics = summarize(predictions, verification)
 
     alphabets = per_alphabet(predictions)
