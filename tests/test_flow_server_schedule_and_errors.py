@@ -1,0 +1,196 @@
+"""`siamese run`/`serve` as users start them: against a Prefect server, on a schedule, and
+with the mistakes they make (a bad cron, a server that is not there)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flowkit import BIN, OFFLINE, REPO, make_tiny_project, run
+
+COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_processes(sid: int) -> list[str]:
+    """The processes (pid and command) still alive in session `sid`."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(f"{stat.parent.name}: {cmdline}")
+    return alive
+
+
+def stop_session(proc: subprocess.Popen, timeout: float) -> list[str]:
+    """SIGTERM `proc` (a session leader), wait; return what of its session was left running
+    (then killed, so a failing test leaves nothing behind)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return left
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body or {}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(1)
+    raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE,
+           "PREFECT_HOME": str(home), **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env | extra
+
+
+def health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`prefect server start` on a free local port, in its own session; its API URL."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)], env=cli_env(home), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: health(url) or proc.poll() is not None, 120, "the Prefect server")
+        assert proc.poll() is None, (home / "server.log").read_text()
+        yield url
+    finally:
+        left = stop_session(proc, 30)
+        log.close()
+    assert not left, f"the server left processes running: {left}"
+
+
+def test_bad_cron_and_unreachable_server_fail_clearly(tmp_path):
+    project = make_tiny_project(tmp_path / "tiny")
+    env = cli_env(tmp_path / "home")
+    bad = subprocess.run([str(BIN / "siamese"), "serve", "--cron", "61 * * *"], cwd=project,
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "'61 * * *' is not a valid cron schedule" in bad.stderr
+    assert "Traceback" not in bad.stderr + bad.stdout
+
+    nowhere = f"http://127.0.0.1:{free_port()}/api"
+    start = time.monotonic()
+    done = subprocess.run([str(BIN / "siamese"), "run"], cwd=project, capture_output=True,
+                          text=True, env=cli_env(tmp_path / "home", PREFECT_API_URL=nowhere))
+    assert done.returncode == 1
+    assert f"PREFECT_API_URL={nowhere}: the Prefect server does not answer" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) <= 3
+    assert not (project / "dvc.lock").exists()  # nothing ran
+    assert time.monotonic() - start < 60
+
+
+def test_flow_run_on_a_started_server_is_visible_in_its_api(server, tmp_path):
+    project = make_tiny_project(tmp_path / "tiny")
+    done = subprocess.run([str(BIN / "siamese"), "run"], cwd=project, capture_output=True,
+                          text=True, env=cli_env(tmp_path / "home", PREFECT_API_URL=server))
+    assert done.returncode == 0, done.stderr
+    assert "Starting temporary server" not in done.stdout + done.stderr
+    runs = api(server, "/flow_runs/filter", {"flows": {"name": {"any_": ["omniglot-pipeline"]}}})
+    assert [r["state_type"] for r in runs] == ["COMPLETED"]
+    tasks = api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
+    assert sorted(t["name"] for t in tasks) == ["evaluate", "fetch", "index", "train"]
+    assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+
+
+def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
+    for name in ("prefect.yaml", "params.yaml", "dvc.yaml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    for package in ("flows", "tasks"):
+        (tmp_path / package).symlink_to(REPO / package)
+    env = cli_env(tmp_path / "home", PREFECT_API_URL=server)
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    subprocess.run([*prefect, "work-pool", "create", "omniglot", "--type", "process"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    deployed = subprocess.run([*prefect, "deploy", "--all"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    found = {d["name"]: d for d in api(server, "/deployments/filter")}
+    assert set(found) == {"nightly", "sweep"}
+    nightly = found["nightly"]
+    assert nightly["work_pool_name"] == "omniglot"
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
+    assert nightly["entrypoint"] == "flows/pipeline.py:pipeline_flow"
+    assert found["sweep"]["parameters"]["grid"] == ["train.lr=0.001,0.002"]
+    # Each worker's own checkout: the pull step keeps the variable, read where the run starts.
+    step = nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+    assert step["directory"] == "{{ $SIAMESE_REPO }}"
+
+
+def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
+    project = make_tiny_project(tmp_path / "tiny")
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "siamese"), "serve", "--interval", "2", "--name", "test-schedule"],
+            cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=cli_env(tmp_path / "home", PREFECT_RUNNER_POLL_FREQUENCY="1"),
+        )
+    try:
+        wait_for(lambda: COMPLETED_FLOW.search(log_path.read_text()), 180, "a scheduled run")
+    finally:
+        left = stop_session(proc, 60)
+    output = log_path.read_text()
+    assert not left, f"left running after SIGTERM: {left}\n{output[-3000:]}"
+    assert "starting a local Prefect server" in output
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == ["evaluate", "fetch", "index", "train"]  # a run built all
+    # SIGTERM cancels a run in flight (DVC may have removed that stage's outputs already);
+    # DVC is left consistent: `dvc repro` restores or rebuilds what the cancelled run lost.
+    run(["dvc", "repro"], project)
+    assert "up to date" in run(["dvc", "status"], project).stdout
