@@ -214,28 +214,16 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
     import numpy as np
     import torch
 
-    from tasks.bench import pair_flops
-    from tasks.model import build_model
-    from tasks.train import PairLoss, make_optimizer, next_batch
+    from tasks.bench import pair_flops, step_runner
+    from tasks.train import next_batch
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
     dev = torch.device(device)
-    net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
-    net = net.to(dev, memory_format=torch.channels_last).train()
-    objective, optimizer = PairLoss(net), make_optimizer(cfg, net)
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    fixed = next_batch(cfg, data, rng, gen, dev)
-
-    def step(batch_fn) -> None:
-        x, same = batch_fn()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = objective(x, same)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    full = timed(lambda: step(lambda: next_batch(cfg, data, rng, gen, dev)), calls, 2, device)
-    model_only = timed(lambda: step(lambda: fixed), calls, 1, device)
+    step, net = step_runner(cfg, data, dev)
+    full = timed(step, calls, 2, device)
+    fixed = next_batch(cfg, data, np.random.default_rng(1), torch.Generator().manual_seed(1), dev)
+    model_step, _ = step_runner(cfg, data, dev, load=lambda: fixed)
+    model_only = timed(model_step, calls, 1, device)
     return {"batch": batch, "pairs_per_s": batch / full,
             "model_only_pairs_per_s": batch / model_only,
             "flop_per_pair": pair_flops(net.cpu().float(), cfg.image_size)}
@@ -244,28 +232,11 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
 def profile_steps(params: dict[str, Any], data, device: str, seconds: float) -> int:
     """Steps of the paper profile (its own objective) that fit in `seconds`, from 5 timed steps,
     so the cosine schedule ends when the time does (train.max_minutes is only a guard)."""
-    import numpy as np
     import torch
 
-    from tasks.model import build_model
-    from tasks.train import EpisodeLoss, PairLoss, make_optimizer, next_batch
+    from tasks.bench import step_runner
 
-    cfg = train_cfg(params, device)
-    dev = torch.device(device)
-    net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
-    net = net.to(dev, memory_format=torch.channels_last).train()
-    objective = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
-    optimizer = make_optimizer(cfg, net)
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        x, side = next_batch(cfg, data, rng, gen, dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = objective(x, side)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step, _ = step_runner(train_cfg(params, device), data, torch.device(device))
     per_step = timed(step, 5, 2, device)
     # Validation every eval_every steps costs time too: keep a tenth back for it.
     return max(2, int(0.9 * seconds / per_step))

@@ -283,22 +283,28 @@ def pair_flops(net: torch.nn.Module, size: int) -> float:
     return 2 * 3 * total[0]
 
 
-def step_runner(cfg, data, load: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None):
-    """One optimisation step as train.py's loop does it (next_batch, objective, backward, step);
-    with `load`, the batch comes from that loader instead (the seed's way)."""
-    from tasks.model import build_model
-    from tasks.train import PairLoss, make_optimizer, next_batch
+Loader = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
+
+def step_runner(cfg, data, device: torch.device | None = None, load: Loader | None = None):
+    """(step, net): one optimisation step as train.py's loop does it (next_batch, the
+    objective under bf16 autocast on CUDA, backward, optimizer step) on a fresh model; with
+    `load`, the batch comes from that loader instead (the seed's way)."""
+    from tasks.model import build_model
+    from tasks.train import EpisodeLoss, PairLoss, make_optimizer, next_batch
+
+    device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
-    net = net.to(memory_format=torch.channels_last).train()
-    objective, optimizer = PairLoss(net), make_optimizer(cfg, net)
+    net = net.to(device, memory_format=torch.channels_last).train()
+    objective = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
+    optimizer = make_optimizer(cfg, net)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
 
     def step() -> None:
-        x, same = load() if load else next_batch(cfg, data, rng, gen, cpu)
-        loss = objective(x, same)
+        x, side = load() if load else next_batch(cfg, data, rng, gen, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = objective(x, side)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -325,7 +331,7 @@ def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dic
 
         ours_step, net = step_runner(cfg, data)
         ours = per_second(batch, durations(ours_step, steps))
-        seed_step, _ = step_runner(cfg, data, seed_load)
+        seed_step, _ = step_runner(cfg, data, load=seed_load)
         seed = per_second(batch, durations(seed_step, steps))
         flops = pair_flops(net, size)
         out[f"{arch} at {size}"] = {
