@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OFFLINE = {
@@ -101,9 +103,13 @@ def prefect_home() -> Path:
     return _HOME[0]
 
 
-def stop_prefect_server() -> None:
-    """Stop this process's temporary Prefect server now, while pytest still shows its logs
-    (Prefect would stop it at exit, logging to a stream pytest has closed by then)."""
+@pytest.fixture(scope="session")
+def prefect_session():
+    """Prefect in this process (see prefect_home); at the end of the session, its temporary
+    server stops while pytest still shows logs (at exit Prefect would log to a closed stream).
+    A module uses it by importing it and calling request.getfixturevalue("prefect_session")."""
+    prefect_home()
+    yield
     from prefect.logging.handlers import APILogHandler
     from prefect.server.api.server import SubprocessASGIServer
 

@@ -6,16 +6,15 @@ from pathlib import Path
 import pytest
 
 from tests.flowkit import git_commit_all as commit
-from tests.flowkit import make_tiny_project, prefect_home, run, set_param, stop_prefect_server
+from tests.flowkit import make_tiny_project, prefect_session, run, set_param  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    prefect_home()
+def pipeline(request):
+    request.getfixturevalue("prefect_session")
     from flows import pipeline
 
-    yield pipeline
-    stop_prefect_server()
+    return pipeline
 
 
 @pytest.fixture
