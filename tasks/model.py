@@ -151,7 +151,8 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        msg = f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:200]})"
         raise PipelineError(msg) from None
     if not isinstance(checkpoint, dict):
         raise PipelineError(f"{path}: not a checkpoint (a {type(checkpoint).__name__}, not a dict)")

@@ -1,0 +1,53 @@
+"""Koch et al.'s affine distortions, drawn per image and applied to a whole batch at once.
+
+Each image gets T = (rotation, shear x/y, scale x/y, translation x/y); each of the four
+components is used with probability p (else left at identity): rotation +-10 degrees, shear
++-0.3, scale 0.8-1.2, translation +-2 px at 105 px (the same fraction of the image at any
+size). The parameters are drawn from a CPU torch.Generator (its state is saved with the
+training state, so a resumed run draws the same numbers); the warp itself runs on the
+images' device (affine_grid + grid_sample).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ROTATION_DEG = 10.0
+SHEAR = 0.3
+SCALE = (0.8, 1.2)
+TRANSLATE_AT_105 = 2.0 / 105.0  # fraction of the image side
+
+
+def uniform(gen: torch.Generator, n: int, lo: float, hi: float, shape: tuple = ()) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand((n, *shape), generator=gen)
+
+
+def random_affine(gen: torch.Generator, n: int, p: float) -> torch.Tensor:
+    """[n, 2, 3] affine matrices in affine_grid's normalised coordinates ([-1, 1])."""
+    use = torch.rand(n, 4, generator=gen) < p
+    angle = torch.where(use[:, 0], uniform(gen, n, -1, 1), 0.0) * math.radians(ROTATION_DEG)
+    shear = torch.where(use[:, 1:2], uniform(gen, n, -SHEAR, SHEAR, (2,)), 0.0)
+    scale = torch.where(use[:, 2:3], uniform(gen, n, *SCALE, (2,)), 1.0)
+    # A shift of f * side is 2 * f in normalised coordinates.
+    shift = torch.where(use[:, 3:4], uniform(gen, n, -1, 1, (2,)), 0.0) * 2 * TRANSLATE_AT_105
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    ones = torch.ones(n)
+    shearing = torch.stack([torch.stack([ones, shear[:, 0]], -1),
+                            torch.stack([shear[:, 1], ones], -1)], -2)
+    linear = rotation @ shearing @ torch.diag_embed(scale)
+    return torch.cat([linear, shift.unsqueeze(-1)], dim=-1)
+
+
+def distort(images: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
+    """Koch's random affine distortion of each image of a batch [B, 1, S, S] (ink = 1).
+
+    The matrix is used as the output -> input sampling map; the distribution of distortions
+    is symmetric enough that this equals drawing the inverse. Outside the image is blank (0).
+    """
+    if p <= 0 or len(images) == 0:
+        return images
+    theta = random_affine(gen, len(images), p).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

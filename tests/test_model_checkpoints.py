@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from tasks.errors import PipelineError
+from tasks.model import build_model, load_model, save_checkpoint
+
+META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc"}
+
+
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
+    model = build_model("compact", 28, width=8, embedding=16)
+    save_checkpoint(tmp_path / "m.pt", model, META)
+    loaded, meta = load_model(tmp_path / "m.pt", "cpu")
+    assert meta == {"arch": "compact", "image_size": 28, "step": 7, "valid_accuracy": 0.5,
+                    "params_digest": "abc",
+                    "model_options": {"width": 8, "depth": 4, "embedding": 16, "init": "default"}}
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x, x.flip(0)), model.eval()(x, x.flip(0)))
+    assert not loaded.training
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="checkpoint not found"):
+        load_model(tmp_path / "none.pt", "cpu")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("compact", 28, width=8), META)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(PipelineError, match="not a readable checkpoint"):
+        load_model(path, "cpu")
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("compact", 28, width=8), META)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model_options"]["width"] = 16  # says one net, holds another's weights
+    torch.save(checkpoint, path)
+    with pytest.raises(PipelineError, match="weights do not match arch 'compact'"):
+        load_model(path, "cpu")
+    checkpoint["arch"] = "koch"
+    torch.save(checkpoint, path)
+    with pytest.raises(PipelineError, match="m.pt: arch koch: image_size 28 is too small"):
+        load_model(path, "cpu")

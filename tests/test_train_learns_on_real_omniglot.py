@@ -1,0 +1,31 @@
+import time
+
+import pandas as pd
+
+from tasks import paths
+from tasks.images import load_pixels, to_tensor
+from tasks.model import load_model
+from tasks.scoring import credit, trial_scores
+from tests.training import train_project
+
+SHORT = {"steps": 120, "eval_every": 120, "episode_alphabets": 4, "episode_characters": 10,
+         "lr": 0.003}
+
+
+def test_short_episodic_training_beats_chance_on_unseen_alphabets(tmp_path, real_data_root,
+                                                                  monkeypatch):
+    params = train_project(tmp_path, real_data_root, **SHORT)
+    monkeypatch.chdir(tmp_path)
+    from tasks.train import run
+
+    started = time.monotonic()
+    run(params, device="cpu")
+    model, meta = load_model(paths.MODEL, "cpu")
+    assert meta["step"] == 120 and 0.05 < meta["valid_accuracy"] <= 1
+    trials = pd.read_parquet(paths.TRIALS)
+    test = trials[(trials["trial_set"] == "evaluation") & (trials["n_way"] == 20)]
+    images = to_tensor(load_pixels(paths.PIXELS), model.image_size)
+    accuracy = credit(trial_scores(model, images, test, "cpu"), test["answer"]).mean()
+    print(f"20-way on evaluation alphabets after 120 steps: {accuracy:.3f} "
+          f"({time.monotonic() - started:.0f} s)")
+    assert accuracy > 0.25  # chance is 0.05

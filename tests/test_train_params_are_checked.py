@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.errors import PipelineError
+from tasks.model import build_model
+from tasks.train import make_optimizer, parse_config
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def params_with(**train) -> dict:
+    params = yaml.safe_load(PARAMS.read_text())
+    params["train"].update(train)
+    return params
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"lr": -0.01}, "train.lr must be > 0, got -0.01"),
+    ({"lr": 0}, "train.lr must be > 0"),
+    ({"arch": "resnet"}, "train.arch must be one of koch, compact; got 'resnet'"),
+    ({"objective": "triplets"}, "train.objective must be one of"),
+    ({"steps": 0}, "train.steps must be >= 1"),
+    ({"device": "tpu"}, "train.device must be auto, cpu or cuda"),
+    ({"augment_probability": 1.5}, "train.augment_probability must be <= 1"),
+    ({"episode_characters": 1}, "train.episode_characters must be >= 2"),
+    ({"weight_decay": "lots"}, "train.weight_decay has the wrong type"),
+])
+def test_bad_train_params_are_clear_errors(edit, message):
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
+        parse_config(params_with(**edit))
+
+
+def test_per_layer_l2_needs_one_value_per_layer():
+    cfg = parse_config(params_with(arch="koch", image_size=105, weight_decay=[0.0, 0.1]))
+    with pytest.raises(PipelineError, match="lists 2 values; arch koch has 6 conv/linear"):
+        make_optimizer(cfg, build_model("koch", 105))
