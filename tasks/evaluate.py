@@ -104,6 +104,8 @@ def check_trials(trials: pd.DataFrame, n_images: int, path: Path) -> None:
     missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
     if missing:
         raise PipelineError(f"{path}: missing columns {', '.join(missing)}")
+    if len(trials) == 0:
+        raise PipelineError(f"{path}: holds no trials; check trials.n_way and the split")
     for row in trials.itertuples(index=False):
         ids = np.append(np.asarray(row.candidate_ids, dtype=np.int64), row.query_id)
         where = f"{path}: trial {row.trial_set} {row.n_way}-way #{row.trial_id}"
@@ -197,8 +199,6 @@ def predict_trials(table: torch.Tensor, model, trials: pd.DataFrame) -> pd.DataF
             "credit": credit(scores, answers),
             "scores": list(scores.astype(np.float32)),
         }))
-    if not frames:
-        raise PipelineError(f"{paths.TRIALS}: holds no trials")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -208,9 +208,8 @@ def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame) -> dict[str, A
         return {"pairs": 0}
     left = torch.tensor(pairs["left_id"].to_numpy(dtype=np.int64))
     right = torch.tensor(pairs["right_id"].to_numpy(dtype=np.int64))
-    scorer = EmbeddingTable(model)
     with torch.no_grad():
-        logits = scorer.score(table[left], table[right]).numpy()
+        logits = model.score(table[left], table[right]).numpy()
     same = pairs["same"].to_numpy(dtype=bool)
     entry = accuracy_entry((logits > 0) == same, count_key="pairs")
     auc = roc_auc(logits, same)
@@ -254,7 +253,7 @@ def choose_pictures(predictions: pd.DataFrame, count: int, seed: int) -> pd.Data
 
 
 def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: pd.Series):
-    """The query above its candidates, each captioned with P(same); the prediction framed
+    """The query above its candidates, each captioned with its logit; the prediction framed
     green (right) or red (wrong), the truth framed blue.
 
     One mosaic image in one axes: a grid of subplots costs about a second a picture.
@@ -267,7 +266,6 @@ def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: 
     rows = 1 + math.ceil(len(candidates) / cols)
     cell_w, cell_h = size + 24, size + 36  # room for the frame and a caption above
     right = row.predicted == row.answer
-    probabilities = 1 / (1 + np.exp(-np.asarray(row.scores, dtype=np.float64)))
     cells = [(0, row.query_id, "query", "black")]
     for i, image_id in enumerate(candidates):
         colour, mark = "lightgrey", ""
@@ -275,7 +273,7 @@ def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: 
             colour, mark = ("green" if right else "red"), " predicted"
         elif i == row.answer:
             colour, mark = "blue", " truth"
-        cells.append((cols + i, image_id, f"{probabilities[i]:.3f}{mark}", colour))
+        cells.append((cols + i, image_id, f"{row.scores[i]:.2f}{mark}", colour))
 
     canvas = np.zeros((rows * cell_h, cols * cell_w), dtype=bool)
     fig = Figure(figsize=(cols * cell_w / 80, rows * cell_h / 80 + 0.4), dpi=80)
@@ -333,29 +331,46 @@ def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict
         "| trial set | n-way | trials | accuracy | 95% CI (Wilson) | chance |",
         "|---|---|---|---|---|---|",
     ]
-    sets = sorted((k for k in metrics if k != "verification"), key=set_order)
-    for trial_set in sets:
-        ways = metrics[trial_set]
-        for way, entry in sorted(ways.items(), key=lambda kv: -int(kv[0].split("-")[0])):
-            lo, hi = entry["ci95"]
-            n = int(way.split("-")[0])
-            lines.append(f"| {trial_set} | {n} | {entry['trials']} | {entry['accuracy']:.1%} | "
+    for trial_set, n, entry in accuracy_rows(metrics):
+        lo, hi = entry["ci95"]
+        lines.append(f"| {trial_set} | {n} | {entry['trials']} | {entry['accuracy']:.1%} | "
                          f"[{lo:.1%}, {hi:.1%}] | {1 / n:.1%} |")
     lines += ["", "A trial whose answer is among k tied top scores counts 1/k.", ""]
-    lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), ""]
+    lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), "",
+              "Accuracy at P(same) > 0.5 depends on the head's bias, which an objective over the "
+              "candidates of a trial (train.objective episodes) leaves free; the AUC does not.",
+              ""]
     lines += ["## Per alphabet", "", "![accuracy per alphabet](per_alphabet.png)", "",
               "Numbers: [per_alphabet.csv](per_alphabet.csv); every trial: predictions.parquet.",
               "", "## Example trials", "",
               "Green frame: a right prediction; red: a wrong one; blue: the truth. Numbers: "
-              "P(same) from the model.", ""]
+              "the head's logit for each candidate (the highest is the prediction).", ""]
     lines += [f"![{name}]({name})" for name in pictures]
     return "\n".join(lines) + "\n"
 
 
-def set_order(trial_set: str) -> tuple[int, str]:
-    """valid, evaluation, lake first, in that order; any other trial set after them."""
+def accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(trial_set, n, entry) of metrics.json: valid, evaluation, lake, then any other set;
+    the largest n first within a set."""
     known = ("valid", "evaluation", "lake")
-    return (known.index(trial_set) if trial_set in known else len(known), trial_set)
+    rows = [(trial_set, int(way.removesuffix("-way")), entry)
+            for trial_set, ways in metrics.items() if trial_set != "verification"
+            for way, entry in ways.items()]
+    order = {s: known.index(s) if s in known else len(known) for s, _, _ in rows}
+    return sorted(rows, key=lambda r: (order[r[0]], r[0], -r[1]))
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line for the log: each trial set's largest n-way, then verification."""
+    parts, seen = [], set()
+    for trial_set, n, entry in accuracy_rows(metrics):
+        if trial_set not in seen:
+            seen.add(trial_set)
+            lo, hi = entry["ci95"]
+            parts.append(f"{trial_set} {n}-way {entry['accuracy']:.1%} [{lo:.1%}, {hi:.1%}]")
+    if metrics["verification"].get("pairs"):
+        parts.append(f"verification {metrics['verification']['accuracy']:.1%}")
+    return ", ".join(parts)
 
 
 def verification_line(entry: dict[str, Any]) -> str:
@@ -430,4 +445,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     figures = {"per_alphabet.png": draw_per_alphabet(alphabets), **pictures}
     write_report_dir(REPORT_DIR, predictions, alphabets, figures, report)
     write_json(metrics, paths.METRICS)
+    print(f"evaluate: {summary_line(metrics)}; report {REPORT_DIR / 'report.md'}")
     return metrics

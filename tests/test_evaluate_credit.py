@@ -151,3 +151,17 @@ def test_trials_naming_unknown_images_are_refused_and_nothing_is_lost(data_root)
         evaluate.run(params())
     assert json.loads(Path("reports/metrics.json").read_text()) == {"previous": True}
     assert not Path("reports/evaluate").exists()
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("candidate_ids", [0, 1, 2, 3], r"has 4 candidates and answer \d; expected 5 candidates"),
+    ("answer", 5, r"has 5 candidates and answer 5; expected 5 candidates and an answer in 0..4"),
+], ids=["too-few-candidates", "answer-out-of-range"])
+def test_trials_with_a_wrong_number_of_candidates_or_answer_are_refused(data_root, column, value,
+                                                                        message):
+    save_model(data_root / "models/model.pt", weight=-1.0, bias=0.0)
+    trials = make_trials()
+    trials.at[0, column] = value
+    write_parquet(trials, "data/manifests/trials.parquet")
+    with pytest.raises(PipelineError, match=r"trials\.parquet: trial valid 5-way #0 " + message):
+        evaluate.run(params())
