@@ -65,6 +65,7 @@ class Config:
     batch_pairs: int
     episode_alphabets: int
     episode_characters: int
+    rotations: int
     augment_probability: float
     eval_every: int
     patience: int
@@ -105,6 +106,7 @@ def parse_config(params: dict[str, Any]) -> Config:
         batch_pairs=get_int(sec, "batch_pairs", "train.batch_pairs", lo=2),
         episode_alphabets=get_int(sec, "episode_alphabets", "train.episode_alphabets", lo=1),
         episode_characters=get_int(sec, "episode_characters", "train.episode_characters", lo=2),
+        rotations=get_int(sec, "rotations", "train.rotations", lo=1, hi=4),
         augment_probability=get_float(sec, "augment_probability", "train.augment_probability",
                                       lo=0, hi=1),
         eval_every=get_int(sec, "eval_every", "train.eval_every", lo=1),
@@ -202,18 +204,32 @@ def character_groups(train: pd.DataFrame) -> list[list[np.ndarray]]:
 
 
 def sample_episode(rng: np.random.Generator, groups: list[list[np.ndarray]], alphabets: int,
-                   characters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(support ids, query ids, alphabet of each) for one episode: two drawers per character."""
-    support, query, block = [], [], []
-    chosen = rng.choice(len(groups), size=min(alphabets, len(groups)), replace=False)
-    for k, a in enumerate(chosen):
-        chars = groups[a]
+                   characters: int, rotations: int = 1) -> tuple[np.ndarray, ...]:
+    """(support ids, query ids, block of each, quarter turns of each) for one episode.
+
+    A block is an alphabet seen at one of `rotations` quarter turns (each rotation of a
+    character is a class of its own); each character of a block gives two drawers.
+    """
+    support, query, block, turns = [], [], [], []
+    pool = len(groups) * rotations
+    for k, g in enumerate(rng.choice(pool, size=min(alphabets, pool), replace=False)):
+        chars = groups[g // rotations]
         for c in rng.choice(len(chars), size=min(characters, len(chars)), replace=False):
             s, q = rng.choice(chars[c], size=2, replace=False)
             support.append(s)
             query.append(q)
             block.append(k)
-    return np.array(support), np.array(query), np.array(block)
+            turns.append(g % rotations)
+    return np.array(support), np.array(query), np.array(block), np.array(turns)
+
+
+def rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of [B, 1, S, S] by turns[i] quarter turns."""
+    for k in range(1, 4):
+        chosen = turns == k
+        if chosen.any():
+            x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+    return x
 
 
 # ---------------------------------------------------------------- objectives
@@ -252,14 +268,17 @@ def next_batch(cfg: Config, data: Data, rng: np.random.Generator, gen: torch.Gen
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(augmented images [2B, 1, S, S], side info) for one step of the objective."""
     if cfg.objective == "episodes":
-        support, query, block = sample_episode(rng, data.alphabets, cfg.episode_alphabets,
-                                               cfg.episode_characters)
+        support, query, block, turns = sample_episode(
+            rng, data.alphabets, cfg.episode_alphabets, cfg.episode_characters, cfg.rotations)
         ids, side = np.concatenate([support, query]), block
+        x = data.images[torch.from_numpy(ids).to(device)]
+        if cfg.rotations > 1:
+            x = rotate(x, torch.from_numpy(np.concatenate([turns, turns])).to(device))
     else:
-        rows = data.pairs[rng.choice(len(data.pairs), size=min(cfg.batch_pairs, len(data.pairs)),
-                                     replace=False)]
+        count = min(cfg.batch_pairs, len(data.pairs))
+        rows = data.pairs[rng.choice(len(data.pairs), size=count, replace=False)]
         ids, side = np.concatenate([rows[:, 0], rows[:, 1]]), rows[:, 2]
-    x = data.images[torch.from_numpy(ids).to(device)]
+        x = data.images[torch.from_numpy(ids).to(device)]
     return distort(x, gen, cfg.augment_probability), torch.from_numpy(side).to(device)
 
 
