@@ -94,7 +94,7 @@ def parse_config(params: dict[str, Any]) -> Config:
         arch=get_choice(sec, "arch", "train.arch", ("koch", "compact")),
         image_size=get_int(sec, "image_size", "train.image_size", lo=8, hi=105),
         objective=get_choice(sec, "objective", "train.objective", ("episodes", "pairs")),
-        device=get(sec, "device", "train.device"),
+        device=get_device(sec, "device", "train.device"),
         seed=get_int(sec, "seed", "train.seed", lo=0),
         steps=get_int(sec, "steps", "train.steps", lo=1),
         max_minutes=get_float(sec, "max_minutes", "train.max_minutes", lo=0),
@@ -118,7 +118,7 @@ def parse_config(params: dict[str, Any]) -> Config:
     )
 
 
-def get(sec: dict[str, Any], key: str, name: str) -> str:
+def get_device(sec: dict[str, Any], key: str, name: str) -> str:
     value = sec.get(key)
     if not isinstance(value, str) or not (value in ("auto", "cpu") or value.startswith("cuda")):
         raise PipelineError(f"params.yaml: {name} must be auto, cpu or cuda[:N]; got {value!r}")
@@ -383,7 +383,7 @@ def save_last(path: Path, key: str, objective: nn.Module, optimizer: torch.optim
         torch.save(state, tmp)
 
 
-def load_last(path: Path, key: str, world: int) -> dict[str, Any] | None:
+def load_last(path: Path, key: str) -> dict[str, Any] | None:
     """The saved state to resume from, or None (with the reason said) to start fresh."""
     if not path.exists():
         return None
@@ -392,11 +392,10 @@ def load_last(path: Path, key: str, world: int) -> dict[str, Any] | None:
     except PipelineError as e:
         return say(f"{e}; starting fresh")
     if state.get("resume_key") != key:
-        return say(f"{path}: saved by a run with other params, data or code; starting fresh")
+        return say(f"{path}: saved by a run with other params, data, code or process count; "
+                   "starting fresh")
     if state["progress"]["finished"]:
         return say(f"{path}: that run had finished; starting fresh")
-    if len(state["rng"]) != world:
-        return say(f"{path}: saved by {len(state['rng'])} processes, not {world}; starting fresh")
     return state
 
 
@@ -500,7 +499,7 @@ def train(cfg: Config, digest: str, device: torch.device, rank: int, world: int)
     rng, gen = seeds(cfg.seed, rank)
     key = resume_key(digest, world)
     progress, best, history = Progress(), {}, []
-    state = load_last(LAST, key, world)
+    state = load_last(LAST, key)
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -560,7 +559,7 @@ def loop(cfg: Config, data: Data, objective: nn.Module, optimizer: torch.optim.O
         if step % log_every == 0 or step == cfg.steps:
             entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(cfg, step)}
             losses = []
-        out_of_time = time_is_up(cfg, started, world)
+        out_of_time = time_is_up(cfg, started, world, device)
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             entry = {"step": step, **entry}
             stop = evaluate(net, data, device, rank, step, progress, best, entry, cfg.patience,
@@ -581,11 +580,11 @@ def loop(cfg: Config, data: Data, objective: nn.Module, optimizer: torch.optim.O
     bar.close()
 
 
-def time_is_up(cfg: Config, started: float, world: int) -> bool:
+def time_is_up(cfg: Config, started: float, world: int, device: torch.device) -> bool:
     """train.max_minutes reached (decided by rank 0 for all ranks)."""
     if cfg.max_minutes <= 0:
         return False
-    up = torch.tensor([float(time.monotonic() - started > cfg.max_minutes * 60)])
+    up = torch.tensor([float(time.monotonic() - started > cfg.max_minutes * 60)], device=device)
     if world > 1:
         dist.broadcast(up, src=0)
     return bool(up.item())

@@ -60,4 +60,4 @@ def test_a_state_saved_with_other_params_is_not_resumed(tmp_path, synthetic_data
     params["train"]["lr"] = 0.001
     params["train"]["steps"] = 8
     tasks.train.run(params, device="cpu")
-    assert "other params, data or code; starting fresh" in capsys.readouterr().err
+    assert "with other params, data, code or process count" in capsys.readouterr().err
