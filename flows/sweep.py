@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,30 @@ def grid_points(axes: list[tuple[str, list[str]]]) -> list[list[str]]:
             for values in itertools.product(*(values for _, values in axes))]
 
 
+def metrics_files(root: Path) -> list[str]:
+    """The metrics files that dvc.yaml declares (paths relative to the repository)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return sorted({out.def_path for stage in repo.index.stages for out in stage.outs
+                       if out.metric})
+
+
+def check_metrics_tracked(root: Path) -> None:
+    """DVC keeps an experiment's uncached metrics in its git commit: a metrics file that git
+    ignores is lost with the experiment's temporary copy, and the table would be empty."""
+    files = metrics_files(root)
+    done = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=root,
+                          capture_output=True, text=True)
+    ignored = done.stdout.split()
+    if ignored:
+        raise PipelineError(
+            f".gitignore: the metrics file(s) {', '.join(ignored)} are ignored by git, so DVC "
+            "experiments cannot keep them and the sweep would compare nothing; un-ignore them "
+            "(e.g. `!/reports/metrics.json`)"
+        )
+
+
 def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
@@ -101,8 +126,6 @@ def run_queue(jobs: int, root: str) -> int:
 
 def experiments(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """`dvc exp show --json`, reduced to the named experiments: name -> its record."""
-    import subprocess
-
     from flows.pipeline import dvc_env
 
     done = subprocess.run(dvc("exp", "show", "--json", "--no-pager"), cwd=root, env=dvc_env(),
@@ -190,6 +213,7 @@ def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".") -> list[di
     if jobs < 1:
         raise PipelineError(f"--jobs must be at least 1, got {jobs}")
     parse_grid(grid, load_params(root / "params.yaml"))  # a bad grid fails before anything runs
+    check_metrics_tracked(root)
     check_api()
     rows = sweep_flow(grid=grid, jobs=jobs, repo=str(root))
     failed = [row["experiment"] for row in rows if row["state"] != "success"]

@@ -132,9 +132,10 @@ def git_commit_all(root: Path, message: str) -> None:
 
 
 def init_repo(root: Path) -> None:
-    """git init + dvc init (analytics off) in `root`."""
+    """git init + dvc init (analytics off) in `root`; a copied .dvc/ is kept as it is."""
     run(["git", "init", "-q", "-b", "main"], root)
-    run(["dvc", "init", "-q"], root)
+    if not (root / ".dvc").exists():
+        run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
 
 
@@ -155,3 +156,35 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params[section][key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def flow_run_records(flow_run_id):
+    """The task runs (by name), their logs and the artifacts of one flow run, from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = {t.name: t for t in client.read_task_runs(flow_run_filter=runs)}
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
+    by_task: dict[str, list[str]] = {}
+    names = {t.id: name for name, t in tasks.items()}
+    for log in logs:
+        by_task.setdefault(names.get(log.task_run_id, "flow"), []).append(log.message)
+    return tasks, by_task, artifacts
+
+
+def latest_flow_run_id():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)[0].id

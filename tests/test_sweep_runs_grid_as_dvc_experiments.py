@@ -40,29 +40,32 @@ def test_grid_is_the_cartesian_product_of_known_parameters(sweep):
             sweep.parse_grid(bad, params)
 
 
-def test_unknown_parameter_fails_before_any_experiment(sweep, project):
+def test_unknown_parameter_or_ignored_metrics_fail_before_any_experiment(sweep, project):
     with pytest.raises(PipelineError, match="train.momentum is not a parameter"):
         sweep.run_sweep(["train.lr=0.5", "train.momentum=0.9"], jobs=1, repo=project)
+    (project / ".gitignore").write_text("/reports/\n")
+    try:
+        with pytest.raises(PipelineError, match="reports/metrics.json are ignored by git"):
+            sweep.run_sweep(["train.lr=0.5"], jobs=1, repo=project)
+    finally:
+        (project / ".gitignore").unlink()
     assert run(["dvc", "exp", "list"], project).stdout.strip() == ""
     assert not (project / "reports/sweep").exists()
 
 
-def test_sweep_one_by_one_and_queued_compares_points_and_leaves_workspace(sweep, project):
+def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, project):
+    """jobs=1: one `dvc exp run --temp` per point (tests/test_pipeline_flow_end_to_end.py
+    runs a queued sweep, jobs=2, on the real pipeline)."""
     params = (project / "params.yaml").read_text()
-    rows = sweep.run_sweep(["train.lr=0.5,0.125"], jobs=1, repo=project)
-    assert [(r["train.lr"], r["state"]) for r in rows] == [("0.5", "success"), ("0.125", "success")]
-    assert [r["valid/20-way/accuracy"] for r in rows] == [0.5, 0.875]
+    rows = sweep.run_sweep(["train.lr=0.75,0.25"], jobs=1, repo=project)
+    assert [(r["train.lr"], r["state"]) for r in rows] == [("0.75", "success"), ("0.25", "success")]
+    assert [r["valid/20-way/accuracy"] for r in rows] == [0.25, 0.75]
     tables = sorted((project / "reports/sweep").glob("*.csv"))
     assert len(tables) == 1 and tables[0].with_suffix(".md").exists()
     with open(tables[0]) as f:
-        assert [row["valid/20-way/accuracy"] for row in csv.DictReader(f)] == ["0.5", "0.875"]
-    assert (project / "params.yaml").read_text() == params  # the workspace is untouched
-    assert "up to date" in run(["dvc", "status"], project).stdout
-
-    queued = sweep.run_sweep(["train.lr=0.75,0.25"], jobs=2, repo=project)
-    assert [r["valid/20-way/accuracy"] for r in queued] == [0.25, 0.75]
-    assert {r["state"] for r in queued} == {"success"}
+        assert [row["valid/20-way/accuracy"] for row in csv.DictReader(f)] == ["0.25", "0.75"]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     names = {rev["name"] for b in shown for e in b.get("experiments") or [] for rev in e["revs"]}
-    assert {r["experiment"] for r in rows + queued} <= names
-    assert (project / "params.yaml").read_text() == params
+    assert {r["experiment"] for r in rows} <= names
+    assert (project / "params.yaml").read_text() == params  # the workspace is untouched
+    assert "up to date" in run(["dvc", "status"], project).stdout

@@ -1,0 +1,184 @@
+"""The real pipeline as a Prefect flow, on a tiny profile of this project.
+
+The project's files are copied into a fresh git + DVC repository whose params.yaml fetches
+the synthetic Omniglot (tests/synthetic.py) and trains for a few steps; the stage commands
+run that copy's code (PYTHONPATH). The tests run in file order on one shared project.
+"""
+
+import io
+import json
+import shutil
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tasks import lineage, paths
+from tests.conftest import SYNTHETIC_PARAMS, write_sums
+from tests.flowkit import (  # noqa: F401
+    REPO,
+    flow_run_records,
+    git_commit_all,
+    init_repo,
+    latest_flow_run_id,
+    prefect_session,
+    run,
+)
+
+STAGES = ["fetch", "index", "split", "pairs", "trials", "train", "evaluate"]
+TINY_TRAIN = {"steps": 6, "eval_every": 3, "episode_alphabets": 2, "episode_characters": 4,
+              "threads": 1, "device": "cpu"}
+TIMINGS: dict[str, float] = {}
+# DVC experiments keep uncached metrics only if git tracks them (flows.sweep checks this);
+# until the project's .gitignore says so, the copy gets these lines.
+TRACK_METRICS = "!/reports/metrics.json\n!/reports/train/\n/reports/train/*\n" \
+    "!/reports/train/metrics.json\n"
+
+
+def copy_project(dest: Path) -> None:
+    """The project's files as in the working tree (tracked, and new files not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in listed.splitlines():
+        source = REPO / name
+        if name == "dvc.lock" or not source.is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / name)
+
+
+def tiny_params(root: Path, source: Path) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for name, values in {**SYNTHETIC_PARAMS, "train": TINY_TRAIN}.items():
+        params[name].update(values)
+    params["fetch"]["source"] = str(source)
+    params["evaluate"]["pictures"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline(request):
+    request.getfixturevalue("prefect_session")
+    from flows import pipeline
+
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, synthetic_source):
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    root.mkdir()
+    copy_project(root)
+    tiny_params(root, synthetic_source)
+    if subprocess.run(["git", "check-ignore", "-q", "--no-index", "reports/metrics.json"],
+                      cwd=REPO).returncode == 0:
+        with open(root / ".gitignore", "a") as f:
+            f.write(TRACK_METRICS)
+    init_repo(root)
+    git_commit_all(root, "tiny profile")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("OMNIGLOT_SOURCE", raising=False)  # params.yaml says where the data is
+        mp.setenv("PYTHONPATH", str(root))
+        yield root
+
+
+def outcomes(results) -> dict[str, str]:
+    return {r["stage"]: r["outcome"] for r in results}
+
+
+def test_flow_builds_the_pipeline_then_skips_every_stage(pipeline, project):
+    start = time.monotonic()
+    first = pipeline.run_pipeline(repo=project)
+    TIMINGS["flow from scratch"] = time.monotonic() - start
+    assert list(outcomes(first)) == STAGES and set(outcomes(first).values()) == {"ran"}
+    metrics = json.loads((project / paths.METRICS).read_text())
+    assert 0 <= metrics["valid"]["5-way"]["accuracy"] <= 1
+
+    start = time.monotonic()
+    second = pipeline.run_pipeline(repo=project)
+    TIMINGS["flow, all cached"] = time.monotonic() - start
+    assert set(outcomes(second).values()) == {"up to date"}
+    TIMINGS["dvc repro inside the cached flow's tasks"] = sum(r["seconds"] for r in second)
+
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    start = time.monotonic()
+    assert "Running stage" not in run(["dvc", "repro"], project).stdout
+    TIMINGS["dvc repro, all cached"] = time.monotonic() - start
+    overhead = (TIMINGS["flow, all cached"] - TIMINGS["dvc repro, all cached"]) / len(STAGES)
+    TIMINGS["flow overhead per stage (vs one dvc repro)"] = overhead
+    print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in TIMINGS.items()))
+
+
+def test_changed_train_param_reruns_train_and_evaluate_only(pipeline, project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] = 0.001
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    results = outcomes(pipeline.run_pipeline(repo=project))
+    assert results == {**dict.fromkeys(STAGES[:5], "up to date"), "train": "ran",
+                       "evaluate": "ran"}
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    _, _, artifacts = flow_run_records(latest_flow_run_id())
+    table = json.loads(artifacts["omniglot-metrics"].data)
+    assert {row["metric"] for row in table} >= {"valid/5-way/accuracy", "lake/20-way/accuracy"}
+    markdown = artifacts["omniglot-provenance"].data
+    assert json.loads((project / paths.DATASET).read_text())["fingerprint"] in markdown
+    assert "reports/evaluate/report.md" in markdown
+    git_commit_all(project, "lr 0.001, built")
+
+
+def test_two_point_queued_sweep_compares_the_experiments(project, pipeline):
+    from flows.sweep import run_sweep
+
+    rows = run_sweep(["train.lr=0.003,0.01"], jobs=2, repo=project)
+    assert [r["train.lr"] for r in rows] == ["0.003", "0.01"]
+    assert {r["state"] for r in rows} == {"success"}
+    assert all(0 <= r["valid/5-way/accuracy"] <= 1 for r in rows)
+    table = next((project / "reports/sweep").glob("*.md")).read_text()
+    assert "valid/5-way/accuracy" in table and "| 0.003 |" in table
+    assert "up to date" in run(["dvc", "status"], project).stdout  # the workspace is as it was
+
+
+def changed_source(folder: Path, source: Path) -> tuple[Path, str]:
+    """A copy of the synthetic source with one image's bytes changed (one more ink pixel)."""
+    shutil.copytree(source, folder)
+    zip_path = folder / "images_background.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    name = sorted(n for n in entries if n.endswith(".png"))[0]
+    image = Image.open(io.BytesIO(entries[name])).convert("1")
+    image.putpixel((0, 0), 0)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    entries[name] = buf.getvalue()
+    from tests.synthetic import write_zip
+
+    write_zip(zip_path, entries)
+    write_sums(folder)
+    return folder, name
+
+
+def test_lineage_of_the_metrics_changes_with_an_input_image(project, tmp_path, synthetic_source):
+    before = run(["siamese", "lineage", "reports/metrics.json"], project).stdout
+    record = lineage.lineage("reports/metrics.json", project)
+    assert [s["stage"] for s in record["stages"]] == STAGES
+    assert record["matches_lock"] is True and record["warnings"] == []
+    assert record["images_by_role"] and record["trials"]
+
+    source, name = changed_source(tmp_path / "source", synthetic_source)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["fetch"]["source"] = str(source)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "trials"], project)  # the data stages only: the images changed
+    after = run(["siamese", "lineage", "reports/metrics.json"], project).stdout
+    assert after != before
+    assert "warning: stage 'train' was built from data/manifests/images.parquet" in after
+    old = {o["path"]: o["md5"] for s in record["stages"] for o in s["outs"]}
+    new = lineage.lineage("reports/metrics.json", project)
+    assert {o["path"]: o["md5"] for s in new["stages"] for o in s["outs"]}[
+        "data/raw/omniglot"] != old["data/raw/omniglot"]
+    image_id = 0  # the first path in sorted order is the changed image
+    assert lineage.lineage(str(image_id), project)["path"] == name
