@@ -6,6 +6,7 @@ The stages and their order come from DVC's own graph of dvc.yaml; each task runs
 skips what `dvc repro` built, and the other way round. Each task's log is the stage's output.
 """
 
+import json
 import os
 import re
 import signal
@@ -161,8 +162,6 @@ def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def metrics_rows(root: Path) -> list[dict[str, Any]]:
-    import json
-
     path = root / paths.METRICS
     if not path.exists():
         return []
@@ -176,8 +175,8 @@ def metrics_rows(root: Path) -> list[dict[str, Any]]:
 def provenance_markdown(root: Path, results: list[dict[str, Any]]) -> str:
     """The run's data set fingerprint, params digest, git revision, stages and report paths."""
     revision, dirty = git_revision(root)
-    reports = sorted(p.relative_to(root).as_posix() for p in (root / "reports/evaluate").rglob("*")
-                     if p.is_file()) if (root / "reports/evaluate").is_dir() else []
+    pictures = root / paths.REPORTS / "evaluate"
+    reports = sorted(p.relative_to(root).as_posix() for p in pictures.rglob("*") if p.is_file())
     lines = [
         "# Omniglot pipeline run",
         "",

@@ -36,6 +36,17 @@ def git_revision(root: Path) -> tuple[str, bool]:
         return "unknown", False
 
 
+def lock_revision(root: Path) -> tuple[str | None, bool]:
+    """(the last commit that recorded dvc.lock or None, whether dvc.lock differs from it):
+    the revision the outputs were built at, when they were committed."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    revision = git("log", "-1", "--format=%H", "--", str(LOCK)) or None
+    return revision, bool(git("status", "--porcelain", "--", str(LOCK)))
+
+
 def params_digest(root: Path) -> str:
     """sha256 of params.yaml in canonical form (sorted keys, compact JSON): comments and
     layout do not change it, any value does."""
@@ -199,10 +210,13 @@ def artifact_lineage(root: Path, target: str) -> dict[str, Any]:
     current = file_md5(root / rel)
     chain = upstream(stages, name)
     revision, dirty = git_revision(root)
+    lock_rev, lock_changed = lock_revision(root)
     return {
         "target": rel, "stage": name, "md5": current, "lock_md5": recorded,
         "matches_lock": None if recorded is None or current is None else current == recorded,
-        "git": {"revision": revision, "dirty": dirty}, "params_digest": params_digest(root),
+        "git": {"revision": revision, "dirty": dirty, "lock_revision": lock_rev,
+                "lock_uncommitted": lock_changed},
+        "params_digest": params_digest(root),
         **data_summary(root),
         "stages": [stage_record(stages, s) for s in chain],
         "warnings": stale_inputs(stages, chain),
@@ -256,6 +270,8 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
         f"{rec['target']}  (written by stage '{rec['stage']}'; md5 {rec['md5']}, {match})",
         f"git revision:   {rec['git']['revision']}"
         + ("  (uncommitted changes)" if rec["git"]["dirty"] else ""),
+        f"dvc.lock from:  {rec['git']['lock_revision'] or 'never committed'}"
+        + ("  (plus uncommitted runs)" if rec["git"]["lock_uncommitted"] else ""),
         f"params digest:  {rec['params_digest']}  (params.yaml now)",
     ]
     data = rec["dataset"]

@@ -31,6 +31,7 @@ def test_metrics_lineage_lists_every_upstream_stage_from_dvc_lock(built):
     assert rec["dataset"]["fingerprint"] in json.dumps(rec)
     assert rec["git"]["revision"] == run(["git", "rev-parse", "HEAD"], built).stdout.strip()
     assert rec["warnings"] == []
+    assert rec["git"]["lock_revision"] is None and rec["git"]["lock_uncommitted"]  # not committed
 
     model = lineage.lineage("models/model.txt", built)
     assert [s["stage"] for s in model["stages"]] == ["fetch", "index", "train"]

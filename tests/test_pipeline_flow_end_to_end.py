@@ -167,6 +167,8 @@ def test_lineage_of_the_metrics_changes_with_an_input_image(project, tmp_path, s
     assert [s["stage"] for s in record["stages"]] == STAGES
     assert record["matches_lock"] is True and record["warnings"] == []
     assert record["images_by_role"] and record["trials"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert record["git"]["lock_revision"] == head and not record["git"]["lock_uncommitted"]
 
     source, name = changed_source(tmp_path / "source", synthetic_source)
     params = yaml.safe_load((project / "params.yaml").read_text())
