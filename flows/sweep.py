@@ -4,7 +4,8 @@
 product (here four points). With jobs=1 each point is `dvc exp run --temp -S ...`, one after
 the other, each its own task run; with more, every point is queued (`dvc exp run --queue`)
 and DVC's queue runs `jobs` at a time (`dvc exp run --run-all -j jobs`, which is
-`dvc queue start -j jobs` and waits for the queue). Stages a point does not change come from
+`dvc queue start -j jobs` and waits for the queue; experiments queued before run too).
+Experiments start from HEAD plus the workspace's changes. Stages a point does not change come from
 the DVC cache. The workspace and params.yaml are left as they are; `dvc exp apply NAME`
 brings a point into the workspace.
 """

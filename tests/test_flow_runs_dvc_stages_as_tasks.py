@@ -37,6 +37,7 @@ def test_stage_order_comes_from_dvc_graph(pipeline, project):
     assert pipeline.pipeline_stages(project) == ["fetch", "index", "train", "evaluate"]
 
 
+@pytest.mark.slow
 def test_flow_and_dvc_repro_share_one_lock_and_cache(pipeline, project):
     """Each skips what the other built (tests/test_pipeline_flow_end_to_end.py: the flow
     skipping its own work, and rerunning just what a changed param touches)."""

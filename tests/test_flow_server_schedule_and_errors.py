@@ -16,6 +16,7 @@ import yaml
 
 from tests.flowkit import BIN, OFFLINE, REPO, make_tiny_project, run
 
+pytestmark = pytest.mark.slow
 COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
 
 
@@ -112,6 +113,21 @@ def server(tmp_path_factory):
         left = stop_session(proc, 30)
         log.close()
     assert not left, f"the server left processes running: {left}"
+
+
+def test_offline_defaults_are_set_only_where_unset(tmp_path):
+    show = "import os, flows; print(os.environ['PREFECT_HOME']); " \
+        "print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    env = cli_env(tmp_path)
+    for name in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        env.pop(name)
+    done = subprocess.run([sys.executable, "-c", show], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(tmp_path.resolve() / ".prefect"), "false"]
+    env.update(PREFECT_HOME="/somewhere/else", PREFECT_SERVER_ANALYTICS_ENABLED="true")
+    done = subprocess.run([sys.executable, "-c", show], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["/somewhere/else", "true"]
 
 
 def test_bad_cron_and_unreachable_server_fail_clearly(tmp_path):

@@ -29,6 +29,7 @@ from tests.flowkit import (  # noqa: F401
     run,
 )
 
+pytestmark = pytest.mark.slow
 STAGES = ["fetch", "index", "split", "pairs", "trials", "train", "evaluate"]
 TINY_TRAIN = {"steps": 6, "eval_every": 3, "episode_alphabets": 2, "episode_characters": 4,
               "threads": 1, "device": "cpu"}

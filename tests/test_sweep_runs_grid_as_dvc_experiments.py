@@ -53,6 +53,7 @@ def test_unknown_parameter_or_ignored_metrics_fail_before_any_experiment(sweep, 
     assert not (project / "reports/sweep").exists()
 
 
+@pytest.mark.slow
 def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, project):
     """jobs=1: one `dvc exp run --temp` per point (tests/test_pipeline_flow_end_to_end.py
     runs a queued sweep, jobs=2, on the real pipeline)."""
