@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zips", type=Path, required=True,
                         help="folder with the three Omniglot zips and SHA256SUMS")
-    parser.add_argument("--budget-s", type=float, default=360.0,
+    parser.add_argument("--budget-s", type=float, default=330.0,
                         help="seconds for the whole script (training takes what is left)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (for the tests)")
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None)

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1
 ZIPS=${1:-.zips}
-BUDGET_S=${2:-360}
+BUDGET_S=${2:-330}
 PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,temperature.gpu --format=csv || true
 exec "$PYTHON" bench/gpu.py --zips "$ZIPS" --budget-s "$BUDGET_S"

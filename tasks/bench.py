@@ -63,7 +63,7 @@ class Sizes:
 
 
 FULL = Sizes(batch=128, project_batches=300, seed_batches=20, augment_batches=30,
-             steps=(("compact", 28, 128, 20), ("koch", 105, 8, 3)), seed_trials=400)
+             steps=(("compact", 28, 128, 10), ("koch", 105, 8, 3)), seed_trials=200)
 QUICK = Sizes(batch=128, project_batches=60, seed_batches=5, augment_batches=8,
               steps=(("compact", 28, 128, 5), ("koch", 105, 4, 2)), seed_trials=100)
 TINY = Sizes(batch=16, project_batches=4, seed_batches=2, augment_batches=2,
@@ -347,7 +347,22 @@ def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dic
             "gflop_per_pair": round(flops / 1e9, 3),
             "gflop_per_s": round(ours * flops / 1e9, 1),
         }
+    out["profile"] = profile_step(params, data_by_size, sizes.steps[0][3])
     return out
+
+
+def profile_step(params: dict[str, Any], data_by_size: dict, steps: int) -> dict[str, Any]:
+    """Images per second of the training profile's own step (params.yaml's train section)."""
+    from tasks.train import next_batch
+
+    cfg = train_config(params)
+    data, _ = data_by_size[cfg.image_size]
+    x, _ = next_batch(cfg, data, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                      torch.device("cpu"))
+    step, _ = step_runner(cfg, data)
+    return {"arch": cfg.arch, "image_size": cfg.image_size, "objective": cfg.objective,
+            "images_per_step": len(x), "steps": steps,
+            "images_per_s": round(per_second(len(x), durations(step, steps)), 1)}
 
 
 # --- 4. evaluation --------------------------------------------------------------------------
@@ -608,9 +623,11 @@ def stage_rows(stages: dict[str, Any]) -> list[tuple[str, ...]]:
             rows.append(("data", name, "skipped: " + e["skipped"], "", ""))
             continue
         rate = next(((k, v) for k, v in e.items() if k.endswith("_per_s")), None)
-        what = fmt(rate[1], rate[0].replace("_per_s", "/s")) if rate else fmt(e["seconds"], "s")
-        memory = f", peak {fmt(e['peak_rss_mib'], 'MiB')}" if "peak_rss_mib" in e else ""
-        rows.append(("data", name, f"{what} ({fmt(e['seconds'], 's')}{memory})", "", ""))
+        parts = [fmt(rate[1], rate[0].replace("_per_s", "/s"))] if rate else []
+        parts.append(fmt(e["seconds"], "s"))
+        if "peak_rss_mib" in e:
+            parts.append(f"peak RSS {fmt(e['peak_rss_mib'], 'MiB')}")
+        rows.append(("data", name, ", ".join(parts), "", ""))
     return rows
 
 
@@ -631,10 +648,14 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                          fmt(value), "", ""))
     steps = r["train_step"]
     for key, e in steps.items():
-        if isinstance(e, dict):
+        if isinstance(e, dict) and key != "profile":
             rows.append(("train step", f"{key}, batch {e['batch']}, {steps['threads']} threads, "
                          f"pairs/s ({fmt(e['gflop_per_s'], 'GFLOP/s')})",
                          fmt(e["pairs_per_s"]), fmt(e["seed_pairs_per_s"]), fmt(e["speedup"], "x")))
+    pr = steps["profile"]
+    rows.append(("train step", f"the profile's own step: {pr['arch']} at {pr['image_size']}, "
+                 f"{pr['objective']}, {pr['images_per_step']} images/step, images/s",
+                 fmt(pr["images_per_s"]), "", ""))
     ev = r["evaluation"]
     for key, e in ev.items():
         if isinstance(e, dict):

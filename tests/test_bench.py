@@ -53,7 +53,8 @@ def test_bench_runs_every_section_and_writes_reports(tiny_bench):
     for stage in ("index", "split", "pairs", "trials"):
         assert stages[stage]["seconds"] > 0 and stages[stage]["peak_rss_mib"] > 10
     assert stages["index"]["images"] == stages["index: pack+write"]["images"] > 0
-    assert set(r["train_step"]) == {"threads", "compact at 28", "koch at 105"}
+    assert set(r["train_step"]) == {"threads", "compact at 28", "koch at 105", "profile"}
+    assert r["train_step"]["profile"]["images_per_s"] > 0
 
 
 def test_bench_baselines_compute_what_the_project_computes(tiny_bench):
