@@ -67,7 +67,7 @@ FULL = Sizes(batch=128, project_batches=300, seed_batches=20, augment_batches=30
 QUICK = Sizes(batch=128, project_batches=60, seed_batches=5, augment_batches=8,
               steps=(("compact", 28, 128, 5), ("koch", 105, 4, 2)), seed_trials=100)
 TINY = Sizes(batch=16, project_batches=4, seed_batches=2, augment_batches=2,
-             steps=(("compact", 28, 16, 1), ("koch", 105, 2, 1)), seed_trials=5, pipeline=False)
+             steps=(("compact", 28, 16, 1),), seed_trials=5, pipeline=False)
 
 
 # --- timing helpers -------------------------------------------------------------------------
