@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from tasks import paths
@@ -38,10 +39,6 @@ OUTCOMES = (
     (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
     (re.compile(r"^(Stage )?'(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
 )
-
-
-class StageFailed(Exception):
-    """A stage's command failed; the message ends with the last lines of its output."""
 
 
 def pipeline_stages(root: Path) -> list[str]:
@@ -121,8 +118,12 @@ def stage_outcome(stage: str, lines: list[str]) -> str:
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, root: str, force: bool = False) -> dict[str, Any]:
-    """Reproduce one stage with `dvc repro --single-item`; its output is this task's log."""
+def run_stage(stage: str, root: str, force: bool = False) -> dict[str, Any] | State:
+    """Reproduce one stage with `dvc repro --single-item`; its output is this task's log.
+
+    A failed stage ends the task in a Failed state whose message holds the last lines of the
+    output (retried where RETRIES says so): the failure is the stage's, not a Python error,
+    so no traceback."""
     logger = get_run_logger()
     args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
@@ -132,11 +133,11 @@ def run_stage(stage: str, root: str, force: bool = False) -> dict[str, Any]:
     seconds = round(time.monotonic() - start, 2)
     if status != 0:
         tail = "\n".join(lines[-TAIL_LINES:])
-        raise StageFailed(
+        return Failed(message=(
             f"stage '{stage}' failed (dvc repro exit status {status}); earlier stages' outputs "
             f"are intact, its own last good outputs are in the DVC cache (`dvc checkout {stage}`)."
             f" Its last lines:\n{tail}"
-        )
+        ))
     return {"stage": stage, "outcome": stage_outcome(stage, lines), "seconds": seconds}
 
 
@@ -213,7 +214,10 @@ def pipeline_flow(repo: str = ".", force: bool = False) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     try:
         for stage in pipeline_stages(root):
-            results.append(stage_task(stage)(stage, str(root), force))
+            state = stage_task(stage)(stage, str(root), force, return_state=True)
+            if state.is_failed():
+                return Failed(message=state.message)  # the later stages do not run
+            results.append(state.result())
     finally:
         publish_artifacts(root, results)
     return results
@@ -254,10 +258,13 @@ def run_pipeline(force: bool = False, repo: Path | str = ".") -> list[dict[str, 
         raise PipelineError(f"{root / 'dvc.yaml'}: not found; run from the repository root")
     check_api()
     start = time.monotonic()
-    try:
-        results = pipeline_flow(repo=str(root), force=force)
-    except StageFailed as e:
-        raise PipelineError(str(e)) from None
+    state = pipeline_flow(repo=str(root), force=force, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, PipelineError):
+            raise error
+        raise PipelineError(state.message or f"flow run failed: {error}")
+    results = state.result()
     print(summary(results, time.monotonic() - start))
     return results
 

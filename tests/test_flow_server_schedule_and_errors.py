@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.flowkit import BIN, OFFLINE, REPO, make_tiny_project, run
+from tests.flowkit import BIN, OFFLINE, REPO, make_tiny_project, run, set_param
 
 pytestmark = pytest.mark.slow
 COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
@@ -162,6 +162,18 @@ def test_flow_run_on_a_started_server_is_visible_in_its_api(server, tmp_path):
     tasks = api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     assert sorted(t["name"] for t in tasks) == ["evaluate", "fetch", "index", "train"]
     assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+
+    set_param(project, "train", "fail", True)  # a failing stage: its log, then a short error
+    failed = subprocess.run([str(BIN / "siamese"), "run"], cwd=project, capture_output=True,
+                            text=True, env=cli_env(tmp_path / "home", PREFECT_API_URL=server))
+    assert failed.returncode == 1
+    assert "siamese run: error: stage 'train' failed" in failed.stderr
+    assert "train: boom" in failed.stderr and "Traceback" not in failed.stdout + failed.stderr
+    runs = api(server, "/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC"})
+    assert runs[0]["state_type"] == "FAILED" and "train: boom" in runs[0]["state"]["message"]
+    tasks = api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
+    assert {t["name"]: t["state_type"] for t in tasks} == {
+        "fetch": "COMPLETED", "index": "COMPLETED", "train": "FAILED"}
 
 
 def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
