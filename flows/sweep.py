@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.states import Failed, State
 
 from flows.pipeline import check_api, flatten, run_logged
 from tasks.atomic import write_text
@@ -98,13 +99,14 @@ def set_args(overrides: list[str]) -> list[str]:
 
 
 @task(name="experiment", task_run_name="{name}")
-def run_experiment(name: str, overrides: list[str], root: str) -> str:
-    """One point in a temporary copy of the workspace (`dvc exp run --temp`)."""
+def run_experiment(name: str, overrides: list[str], root: str) -> str | State:
+    """One point in a temporary copy of the workspace (`dvc exp run --temp`); a failed point
+    is a Failed task (its output in the log) and the sweep goes on."""
     status, lines = run_logged(dvc("exp", "run", "--temp", "-n", name, *set_args(overrides)),
                                Path(root), get_run_logger())
     if status != 0:
-        raise PipelineError(f"experiment {name} ({' '.join(overrides)}) failed:\n"
-                            + "\n".join(lines[-30:]))
+        return Failed(message=f"experiment {name} ({' '.join(overrides)}) failed:\n"
+                      + "\n".join(lines[-30:]))
     return name
 
 
@@ -161,7 +163,7 @@ def comparison(points: list[list[str]], names: list[str],
     rows = []
     for name, overrides in zip(names, points, strict=True):
         exp = found.get(name)
-        row: dict[str, Any] = {"experiment": name, "state": exp["state"] if exp else "missing"}
+        row: dict[str, Any] = {"experiment": name, "state": exp["state"] if exp else "failed"}
         row.update(dict(o.split("=", 1) for o in overrides))
         if exp:
             row["rev"] = exp["rev"][:7]
@@ -191,7 +193,8 @@ def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".") -> list[dict[str
     """Run every point of the grid as a DVC experiment; store and print the comparison."""
     root = Path(repo).resolve()
     points = grid_points(parse_grid(grid, load_params(root / "params.yaml")))
-    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
+    now = time.time()  # to the millisecond: names of experiments must be new
+    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
     names = [f"{sweep_id}-{i}" for i in range(1, len(points) + 1)]
     if jobs == 1:
         for name, overrides in zip(names, points, strict=True):

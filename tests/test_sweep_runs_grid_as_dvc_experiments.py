@@ -70,3 +70,7 @@ def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, projec
     assert {r["experiment"] for r in rows} <= names
     assert (project / "params.yaml").read_text() == params  # the workspace is untouched
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+    with pytest.raises(PipelineError, match=r"1 of 1 experiments failed: sweep-\S+-1 "):
+        sweep.run_sweep(["train.fail=true"], jobs=1, repo=project)
+    assert "up to date" in run(["dvc", "status"], project).stdout
