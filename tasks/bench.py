@@ -595,7 +595,8 @@ def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
     results["eval_speedup"] = scored.get("evaluation", {}).get("speedup")
     results["eval_speedup_lake"] = scored.get("lake", {}).get("speedup")
     results["seconds"] = round(time.perf_counter() - started, 1)
-    table = markdown(table_rows(results))
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    table = headline(results) + "\n" + markdown(table_rows(results))
     write_json(results, BENCH_JSON)
     write_text(table, BENCH_MD)
     print(table)
@@ -671,6 +672,18 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
                      "stages)", both, "", ""))
         rows.append(("prefect", "overhead per stage", fmt(p["overhead_per_stage_s"], "s"), "", ""))
     return rows
+
+
+def headline(r: dict[str, Any]) -> str:
+    """Where and how it was measured: a busy machine (other work on its cores) makes the
+    multi-threaded paths wait for descheduled threads, so say so next to the figures."""
+    m = r["machine"]
+    busy = max(m["load_average_at_start"], m["load_average_at_end"]) > 0.5 * (m["cpus"] or 1)
+    return (f"siamese bench: {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch "
+            f"{m['torch']}; load average {m['load_average_at_start']:.1f} -> "
+            f"{m['load_average_at_end']:.1f}{' (a busy machine: noisy figures)' if busy else ''}"
+            f"; {r['seconds']} s. input_path_speedup {r['input_path_speedup']}, "
+            f"eval_speedup {r['eval_speedup']}.\n")
 
 
 def markdown(rows: list[tuple[str, ...]]) -> str:
