@@ -108,6 +108,21 @@ def producer(stages: dict[str, dict[str, Any]], path: str) -> str | None:
     return None
 
 
+def declared_by(root: Path, path: str) -> str | None:
+    """The stage of dvc.yaml that declares `path` (or a folder holding it) as an output."""
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    for name, stage in stages.items():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                out = entry if isinstance(entry, str) else next(iter(entry))
+                if covers(out, path):
+                    return name
+    return None
+
+
 def upstream(stages: dict[str, dict[str, Any]], name: str) -> list[str]:
     """`name` and every stage it depends on, through the deps of dvc.lock, upstream first."""
     order: list[str] = []
@@ -203,8 +218,11 @@ def artifact_lineage(root: Path, target: str) -> dict[str, Any]:
     path = Path(target)
     rel = (path.resolve().relative_to(root) if path.is_absolute() else path).as_posix()
     name = producer(stages, rel)
+    if name is None and (declared := declared_by(root, rel)):
+        raise PipelineError(f"{rel} is an output of stage '{declared}', which has not "
+                            "run yet (not in dvc.lock); run the pipeline first")
     if name is None:
-        raise PipelineError(f"lineage: {target!r} is not an output of any stage in dvc.lock, nor "
+        raise PipelineError(f"{target!r} is not an output of any stage in dvc.lock, nor "
                             "an image id; try reports/metrics.json, models/model.pt or an image_id")
     recorded = next((entry_hash(o) for o in stages[name]["outs"] if o["path"] == rel), None)
     current = file_md5(root / rel)
@@ -230,7 +248,7 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
         raise PipelineError(f"{paths.IMAGES}: not found; run the `index` stage first")
     rows = images[images["image_id"] == image_id]
     if rows.empty:
-        raise PipelineError(f"lineage: image_id {image_id} is not in {paths.IMAGES} "
+        raise PipelineError(f"image_id {image_id} is not in {paths.IMAGES} "
                             f"(ids 0..{len(images) - 1})")
     row = rows.iloc[0]
     keys = ("subset", "alphabet", "character", "character_id", "drawer", "path", "sha256")

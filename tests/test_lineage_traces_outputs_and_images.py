@@ -60,6 +60,13 @@ def test_unknown_targets_are_clear_errors(built):
         lineage.lineage("3", built)
     done = run([str(BIN / "siamese"), "lineage", "nowhere.pt"], built, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
+    lock = (built / "dvc.lock").read_text()
+    (built / "dvc.lock").write_text(lock.split("  evaluate:")[0])
+    try:
+        with pytest.raises(PipelineError, match="output of stage 'evaluate', which has not run"):
+            lineage.lineage("reports/metrics.json", built)
+    finally:
+        (built / "dvc.lock").write_text(lock)
     with pytest.raises(PipelineError, match="dvc.lock: not found"):
         lineage.lineage("reports/metrics.json", built / "data")
 
