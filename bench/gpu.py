@@ -278,7 +278,9 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None) -> dict[str, Any]:
+def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
+        work: Path) -> dict[str, Any]:
+    """Everything, in the scratch folder `work` (the data, the checkpoints)."""
     started = time.monotonic()
     stood_in = install_stand_ins()
     import torch
@@ -289,7 +291,6 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None) -> dict[
     device = "cpu" if smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu.py: no CUDA device here (use --smoke to run on the CPU)")
-    work = Path(tempfile.mkdtemp(prefix="siamese-gpu-"))
     os.chdir(work)
     params = build_params(smoke)
     result: dict[str, Any] = {
@@ -375,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT") or None)
     args = parser.parse_args(argv)
     out = args.out.resolve() if args.out else None
-    run(args.zips.resolve(), args.budget_s, args.smoke, out)
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="siamese-gpu-") as work:
+        try:
+            run(args.zips.resolve(), args.budget_s, args.smoke, out, Path(work))
+        finally:
+            os.chdir(here)
     return 0
 
 
