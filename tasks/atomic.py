@@ -33,6 +33,7 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        tmp.chmod(0o755 if is_dir else 0o644)
         if is_dir and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -50,8 +51,10 @@ def write_with(target: Path | str, write: Callable[[Path], Any]) -> Path:
     return Path(target)
 
 
-def write_parquet(df: pd.DataFrame, target: Path | str, metadata: dict[str, str] | None = None) -> Path:
-    """Write `df` as Parquet, byte-identical for identical frames (no pandas index, fixed options)."""
+def write_parquet(
+    df: pd.DataFrame, target: Path | str, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write `df` as Parquet, byte-identical for identical frames (no index, fixed options)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

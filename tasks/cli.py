@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser("classify", help="classify your own character images")
     classify.add_argument("--model", type=Path, default=paths.MODEL, help="trained checkpoint")
-    classify.add_argument("--support", type=Path, nargs="+", required=True, help="one image per class")
+    classify.add_argument(
+        "--support", type=Path, nargs="+", required=True, help="one image per class"
+    )
     classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
     classify.add_argument("--device", default="cpu")
 
@@ -51,12 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--interval", type=float, help="seconds between runs")
     serve.add_argument("--name", default="omniglot-scheduled", help="deployment name")
 
-    sweep = commands.add_parser("sweep", help="run a grid of parameter overrides as DVC experiments")
-    sweep.add_argument("--set", dest="grid", action="append", required=True, metavar="KEY=V1,V2",
-                       help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable)")
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of parameter overrides as DVC experiments"
+    )
+    sweep.add_argument(
+        "--set",
+        dest="grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable)",
+    )
     sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once")
 
-    bench = commands.add_parser("bench", help="measure the speed of every stage; writes reports/bench.json")
+    bench = commands.add_parser(
+        "bench", help="measure the speed of every stage; writes reports/bench.json"
+    )
     bench.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     return parser
 

@@ -20,7 +20,6 @@ from tasks import paths
 from tasks.atomic import atomic_path, write_json, write_parquet, write_text
 from tasks.errors import PipelineError
 from tasks.images import load_pixels, to_tensor
-from tasks.index import read_manifest
 from tasks.model import load_model
 from tasks.params import get, get_int, section
 from tasks.scoring import credit, embed_images, trial_scores
@@ -422,12 +421,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     cfg = read_config(params)
     model, meta = load_model(paths.MODEL, cfg.device)
     pixels = load_pixels(paths.PIXELS)
-    trials = read_manifest(paths.TRIALS, "trials")
+    trials = paths.read_manifest(paths.TRIALS, "trials")
     check_trials(trials, len(pixels), paths.TRIALS)
-    pairs = read_manifest(paths.PAIRS, "pairs")
+    pairs = paths.read_manifest(paths.PAIRS, "pairs")
     check_pair_ids(pairs, len(pixels), paths.PAIRS)
     dataset = read_dataset(paths.DATASET)
-    index = read_manifest(paths.IMAGES, "index")
+    index = paths.read_manifest(paths.IMAGES, "index")
     character = index["character"].set_axis(index["image_id"])
 
     valid_pairs = pairs[pairs["role"] == "valid"]

@@ -23,10 +23,14 @@ def decode_png(data: bytes, source: str, size: int = SIZE) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             gray = img.convert("L")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise PipelineError(f"{source}: not a readable PNG (unknown image format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise PipelineError(f"{source}: not a readable PNG ({e})") from None
     if gray.size != (size, size):
-        raise PipelineError(f"{source}: image is {gray.size[0]}x{gray.size[1]}, expected {size}x{size}")
+        raise PipelineError(
+            f"{source}: image is {gray.size[0]}x{gray.size[1]}, expected {size}x{size}"
+        )
     return np.asarray(gray) < 128
 
 
@@ -77,7 +81,9 @@ def load_pixels(path: Path | str) -> np.ndarray:
     except ValueError as e:
         raise PipelineError(f"{path}: not a valid packed pixel file ({e})") from None
     if packed.ndim != 3 or packed.dtype != np.uint8:
-        raise PipelineError(f"{path}: expected uint8 [N, H, W/8], got {packed.dtype} {packed.shape}")
+        raise PipelineError(
+            f"{path}: expected uint8 [N, H, W/8], got {packed.dtype} {packed.shape}"
+        )
     return unpack(packed, size=packed.shape[1])
 
 

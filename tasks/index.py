@@ -240,14 +240,6 @@ def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray, size: i
     )
 
 
-def read_manifest(path: Path, stage: str) -> pd.DataFrame:
-    """A manifest that an earlier stage writes, with a clear error when it is not there."""
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the {stage} stage first") from None
-
-
 def summary(images: pd.DataFrame, digest: str) -> dict[str, Any]:
     return {
         "fingerprint": digest,

@@ -15,7 +15,6 @@ import pandas as pd
 from tasks import paths
 from tasks.atomic import write_parquet
 from tasks.errors import PipelineError
-from tasks.index import read_manifest
 from tasks.params import get_choice, get_int, section
 
 ROUNDS = 50
@@ -122,8 +121,8 @@ def build_pairs(images: pd.DataFrame, split: pd.DataFrame, params: dict[str, Any
 
 
 def run(params: dict[str, Any]) -> None:
-    images = read_manifest(paths.IMAGES, "index")
-    split = read_manifest(paths.SPLIT, "split")
+    images = paths.read_manifest(paths.IMAGES, "index")
+    split = paths.read_manifest(paths.SPLIT, "split")
     pairs = build_pairs(images, split, params)
     write_parquet(pairs, paths.PAIRS)
     counts = pairs.groupby("role")["same"].agg(["size", "sum"])

@@ -47,7 +47,9 @@ def get(sec: dict[str, Any], key: str, name: str, kind: type | tuple[type, ...])
     return value
 
 
-def get_int(sec: dict[str, Any], key: str, name: str, lo: int | None = None, hi: int | None = None) -> int:
+def get_int(
+    sec: dict[str, Any], key: str, name: str, lo: int | None = None, hi: int | None = None
+) -> int:
     value = get(sec, key, name, int)
     check_range(value, name, lo, hi)
     return value
@@ -64,7 +66,9 @@ def get_float(
 def get_choice(sec: dict[str, Any], key: str, name: str, choices: tuple[str, ...]) -> str:
     value = get(sec, key, name, str)
     if value not in choices:
-        raise PipelineError(f"params.yaml: {name} must be one of {', '.join(choices)}; got {value!r}")
+        raise PipelineError(
+            f"params.yaml: {name} must be one of {', '.join(choices)}; got {value!r}"
+        )
     return value
 
 

@@ -1,9 +1,13 @@
 """Where each artifact lives, relative to the repository root (the folder holding dvc.yaml).
 
-dvc.yaml declares the same paths as stage deps and outs.
+dvc.yaml declares the same paths as stage deps and outs; `read_manifest` reads one.
 """
 
 from pathlib import Path
+
+import pandas as pd
+
+from tasks.errors import PipelineError
 
 PARAMS = Path("params.yaml")
 RAW = Path("data/raw/omniglot")
@@ -21,3 +25,13 @@ CHECKPOINTS = MODELS / "checkpoints"
 REPORTS = Path("reports")
 TRAIN_LIVE = REPORTS / "train"
 METRICS = REPORTS / "metrics.json"
+
+
+def read_manifest(path: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A manifest that an earlier stage writes, with a clear error when it is not there."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run the {stage} stage first") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise PipelineError(f"{path}: not readable ({type(e).__name__}: {e})") from None

@@ -18,7 +18,6 @@ import pandas as pd
 from tasks import paths
 from tasks.atomic import write_parquet
 from tasks.errors import PipelineError
-from tasks.index import read_manifest
 from tasks.params import get_choice, get_int, section
 
 ROLES = ("train", "valid", "holdout", "test")
@@ -101,8 +100,8 @@ def split_images(images: pd.DataFrame, lake: pd.DataFrame, params: dict[str, Any
 
 
 def run(params: dict[str, Any]) -> None:
-    images = read_manifest(paths.IMAGES, "index")
-    lake = read_manifest(paths.LAKE_RUNS, "index")
+    images = paths.read_manifest(paths.IMAGES, "index")
+    lake = paths.read_manifest(paths.LAKE_RUNS, "index")
     split = split_images(images, lake, params)
     write_parquet(split, paths.SPLIT)
     counts = split["role"].value_counts()

@@ -13,7 +13,6 @@ import pandas as pd
 from tasks import paths
 from tasks.atomic import write_parquet
 from tasks.errors import PipelineError
-from tasks.index import read_manifest
 from tasks.params import get, get_int, section
 
 SETS = (("valid", "valid"), ("evaluation", "test"))
@@ -137,9 +136,9 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
 
 
 def run(params: dict[str, Any]) -> None:
-    images = read_manifest(paths.IMAGES, "index")
-    split = read_manifest(paths.SPLIT, "split")
-    lake = read_manifest(paths.LAKE_RUNS, "index")
+    images = paths.read_manifest(paths.IMAGES, "index")
+    split = paths.read_manifest(paths.SPLIT, "split")
+    lake = paths.read_manifest(paths.LAKE_RUNS, "index")
     trials = build_trials(images, split, lake, params)
     write_parquet(trials, paths.TRIALS)
     counts = trials.groupby(["trial_set", "n_way"], sort=False).size()

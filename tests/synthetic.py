@@ -63,7 +63,9 @@ def subset_entries(subset: str, alphabets, first_id: int) -> tuple[dict[str, byt
         for c in range(1, n_chars + 1):
             folder = f"images_{subset}/{alphabet}/character{c:02d}"
             for d in range(1, DRAWERS + 1):
-                entries[f"{folder}/{char_id:04d}_{d:02d}.png"] = png_bytes(character_image(char_id, d))
+                entries[f"{folder}/{char_id:04d}_{d:02d}.png"] = png_bytes(
+                    character_image(char_id, d)
+                )
             characters.append((alphabet, char_id))
             char_id += 1
     return entries, characters
@@ -87,7 +89,10 @@ def run_entries(eval_chars: list, runs: int, way: int) -> dict[str, bytes]:
             entries[f"run{r:02d}/training/class{k:02d}.png"] = png_bytes(cls)
             entries[f"run{r:02d}/test/item{order[k - 1] + 1:02d}.png"] = png_bytes(item)
             labels.append((order[k - 1] + 1, k))
-        lines = [f"run{r:02d}/test/item{i:02d}.png run{r:02d}/training/class{k:02d}.png" for i, k in sorted(labels)]
+        lines = [
+            f"run{r:02d}/test/item{i:02d}.png run{r:02d}/training/class{k:02d}.png"
+            for i, k in sorted(labels)
+        ]
         entries[f"run{r:02d}/class_labels.txt"] = ("\n".join(lines) + "\n").encode()
     return entries
 
@@ -97,7 +102,9 @@ def make_source(folder: Path, layout: Layout = Layout()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     background, _ = subset_entries("background", layout.background, first_id=1)
     n_background = sum(n for _, n in layout.background)
-    evaluation, eval_chars = subset_entries("evaluation", layout.evaluation, first_id=n_background + 1)
+    evaluation, eval_chars = subset_entries(
+        "evaluation", layout.evaluation, first_id=n_background + 1
+    )
     write_zip(folder / "images_background.zip", background)
     write_zip(folder / "images_evaluation.zip", evaluation)
     write_zip(folder / "all_runs.zip", run_entries(eval_chars, layout.runs, layout.run_way))
