@@ -160,31 +160,23 @@ class Data:
     valid: pd.DataFrame                # valid trials of the largest n_way (20)
 
 
-def read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path, columns=columns)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run the stages before train") from None
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise PipelineError(f"{path}: not readable ({type(e).__name__}: {e})") from None
-
-
 def load_data(cfg: Config, device: torch.device) -> Data:
     pixels = load_pixels(paths.PIXELS)
     images = to_tensor(pixels, cfg.image_size).to(device)
     del pixels
-    table = read_parquet(paths.IMAGES, ["image_id", "alphabet", "character_id", "drawer"])
-    split = read_parquet(paths.SPLIT, ["image_id", "role"])
+    table = paths.read_manifest(paths.IMAGES, "index",
+                                ["image_id", "alphabet", "character_id", "drawer"])
+    split = paths.read_manifest(paths.SPLIT, "split", ["image_id", "role"])
     train = table.merge(split[split["role"] == "train"], on="image_id")
     groups = character_groups(train)
     if not groups:
         raise PipelineError(f"{paths.SPLIT}: no character has two train images")
-    pairs = read_parquet(paths.PAIRS, ["left_id", "right_id", "same", "role"])
+    pairs = paths.read_manifest(paths.PAIRS, "pairs", ["left_id", "right_id", "same", "role"])
     pairs = pairs[pairs["role"] == "train"][["left_id", "right_id", "same"]]
     if cfg.objective == "pairs" and pairs.empty:
         raise PipelineError(f"{paths.PAIRS}: no train pairs")
-    trials = read_parquet(paths.TRIALS, ["trial_set", "n_way", "query_id", "candidate_ids",
-                                         "answer"])
+    trials = paths.read_manifest(paths.TRIALS, "trials",
+                                 ["trial_set", "n_way", "query_id", "candidate_ids", "answer"])
     valid = trials[trials["trial_set"] == "valid"]
     if valid.empty:
         raise PipelineError(f"{paths.TRIALS}: no valid trials to select the model on")
