@@ -336,9 +336,9 @@ def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict
                          f"[{lo:.1%}, {hi:.1%}] | {1 / n:.1%} |")
     lines += ["", "A trial whose answer is among k tied top scores counts 1/k.", ""]
     lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), "",
-              "Accuracy at P(same) > 0.5 depends on the head's bias, which an objective over the "
-              "candidates of a trial (train.objective episodes) leaves free; the AUC does not.",
-              ""]
+              "The decision is P(same) > 0.5; the train stage sets the head's bias on the train "
+              "pairs (an objective over a trial's candidates leaves it free). The AUC needs no "
+              "threshold.", ""]
     lines += ["## Per alphabet", "", "![accuracy per alphabet](per_alphabet.png)", "",
               "Numbers: [per_alphabet.csv](per_alphabet.csv); every trial: predictions.parquet.",
               "", "## Example trials", "",

@@ -18,7 +18,7 @@ def embed_images(model, images: torch.Tensor, ids: np.ndarray, device: torch.dev
     The model's train/eval mode is restored afterwards, so training can validate mid-run.
     """
     net = getattr(model, "module", model)
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = np.array(ids, dtype=np.int64)  # a writable copy, as torch.from_numpy wants
     check_ids(ids, len(images))
     was_training = net.training
     net.eval()

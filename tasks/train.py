@@ -39,7 +39,7 @@ from tasks.errors import PipelineError
 from tasks.images import load_pixels, to_tensor
 from tasks.model import SiameseNet, build_model, read_checkpoint, save_checkpoint
 from tasks.params import check_range, get_choice, get_float, get_int, section
-from tasks.scoring import credit, trial_scores
+from tasks.scoring import credit, embed_images, trial_scores
 
 LAST = paths.CHECKPOINTS / "last.pt"
 CURVES = paths.TRAIN_LIVE / "curves.png"
@@ -505,8 +505,10 @@ def train(cfg: Config, digest: str, device: torch.device, rank: int, world: int)
     loop(cfg, data, objective, optimizer, (rng, gen), progress, best, history, log,
          (digest, key, device, rank, world))
     if rank == 0:
-        if best:
-            save_best(net, best)  # again: DVC removes model.pt before it reruns a stage
+        if best:  # saved again: DVC removes model.pt before it reruns a stage
+            model = best_model(net, best)
+            calibrate_head(model, data, device)
+            save_checkpoint(paths.MODEL, model, best)
         log.close()
 
 
@@ -606,11 +608,44 @@ def evaluate(net: SiameseNet, data: Data, device: torch.device, rank: int, step:
     return 0 < patience <= progress.stale
 
 
-def save_best(net: SiameseNet, best: dict) -> None:
-    """models/model.pt from the best weights (a copy of `net`'s architecture)."""
+def best_model(net: SiameseNet, best: dict) -> SiameseNet:
+    """A copy of `net`'s architecture holding the best weights."""
     model = build_model(net.arch, net.image_size, **net.options)
     model.load_state_dict(best["state_dict"])
-    save_checkpoint(paths.MODEL, model, best)
+    return model
+
+
+def save_best(net: SiameseNet, best: dict) -> None:
+    save_checkpoint(paths.MODEL, best_model(net, best), best)
+
+
+def calibrate_head(model: SiameseNet, data: Data, device: torch.device) -> None:
+    """Shift the head's bias so that logit 0 (P(same) = 0.5) best separates the train pairs.
+
+    The episode objective's softmax is blind to the bias, which ends anywhere; verification
+    accuracy and the probabilities of `siamese classify` need it meaningful. Rankings, and so
+    every n-way accuracy, are unchanged by the shift.
+    """
+    if len(data.pairs) == 0:
+        return
+    ids = np.unique(data.pairs[:, :2])
+    emb = embed_images(model.to(device), data.images, ids, device)
+    left, right = np.searchsorted(ids, data.pairs[:, 0]), np.searchsorted(ids, data.pairs[:, 1])
+    with torch.no_grad():
+        logits = model.score(emb[left].to(device), emb[right].to(device)).double().cpu().numpy()
+    order = np.argsort(logits, kind="stable")
+    sorted_logits, same = logits[order], data.pairs[order, 2].astype(bool)
+    # Threshold below position i: pairs before it are called different, from it on same.
+    correct = np.concatenate([[0], np.cumsum(~same)]) + np.concatenate(
+        [np.cumsum(same[::-1])[::-1], [0]])
+    i = int(np.argmax(correct))
+    edges = np.concatenate([[sorted_logits[0] - 1], sorted_logits, [sorted_logits[-1] + 1]])
+    threshold = (edges[i] + edges[i + 1]) / 2
+    with torch.no_grad():
+        model.head.bias -= float(threshold)
+    model.cpu()
+    say(f"head bias shifted by {-threshold:+.3f}: {correct[i] / len(same):.1%} of "
+        f"{len(same):,} train pairs verified right at P(same) = 0.5")
 
 
 def checkpoint_state(key: str, objective: nn.Module, optimizer, progress: Progress,

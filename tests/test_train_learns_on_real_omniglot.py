@@ -5,7 +5,7 @@ import pandas as pd
 from tasks import paths
 from tasks.images import load_pixels, to_tensor
 from tasks.model import load_model
-from tasks.scoring import credit, trial_scores
+from tasks.scoring import credit, embed_images, trial_scores
 from tests.training import train_project
 
 SHORT = {"steps": 120, "eval_every": 120, "episode_alphabets": 4, "episode_characters": 10,
@@ -29,3 +29,13 @@ def test_short_episodic_training_beats_chance_on_unseen_alphabets(tmp_path, real
     print(f"20-way on evaluation alphabets after 120 steps: {accuracy:.3f} "
           f"({time.monotonic() - started:.0f} s)")
     assert accuracy > 0.25  # chance is 0.05
+    valid_pairs = pd.read_parquet(paths.PAIRS).query("role == 'valid'")
+    # The head's bias is calibrated on train pairs: P(same) = 0.5 is a real decision boundary.
+    assert verification_accuracy(model, images, valid_pairs) > 0.7  # chance is 0.5
+
+
+def verification_accuracy(model, images, pairs: pd.DataFrame) -> float:
+    left = embed_images(model, images, pairs["left_id"].to_numpy(), "cpu")
+    right = embed_images(model, images, pairs["right_id"].to_numpy(), "cpu")
+    said_same = (model.score(left, right) > 0).numpy()
+    return float((said_same == pairs["same"].to_numpy()).mean())
