@@ -17,7 +17,7 @@ import torch
 
 from tasks.errors import PipelineError
 from tasks.images import read_image_file, to_tensor
-from tasks.model import load_model
+from tasks.model import load_model, resolve_device
 from tasks.scoring import trial_scores
 
 
@@ -26,7 +26,8 @@ def read_images(files: Sequence[Path], size: int) -> torch.Tensor:
     return to_tensor(np.stack([read_image_file(f) for f in files]), size)
 
 
-def classify(model, support: torch.Tensor, query: torch.Tensor, device: str) -> np.ndarray:
+def classify(model, support: torch.Tensor, query: torch.Tensor,
+             device: torch.device) -> np.ndarray:
     """Logits [Q, S] of each query against each support image."""
     images = torch.cat([support, query])
     trials = pd.DataFrame({
@@ -57,7 +58,7 @@ def rank_table(support: Sequence[Path], query: Sequence[Path], logits: np.ndarra
 
 
 def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[Path | str],
-        device: str = "cpu", out: TextIO = sys.stdout) -> pd.DataFrame:
+        device: str = "auto", out: TextIO = sys.stdout) -> pd.DataFrame:
     """Classify `query` against `support` with the checkpoint; write a CSV table to `out`."""
     support = [Path(p) for p in support]
     query = [Path(p) for p in query]
@@ -65,6 +66,7 @@ def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[P
         raise PipelineError("classify: the support set is empty; give one image per class")
     if not query:
         raise PipelineError("classify: no query images given")
+    device = resolve_device(device, "siamese classify --device")
     model, meta = load_model(model_path, device)
     size = int(meta["image_size"])
     logits = classify(model, read_images(support, size), read_images(query, size), device)

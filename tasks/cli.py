@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--support", type=Path, nargs="+", required=True, help="one image per class"
     )
     classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
-    classify.add_argument("--device", default="cpu")
+    classify.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
     lineage = commands.add_parser("lineage", help="audit where a metric, model or image came from")
     lineage.add_argument("target", help="reports/metrics.json, a model path, or an image_id")

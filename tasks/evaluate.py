@@ -20,7 +20,7 @@ from tasks import paths
 from tasks.atomic import atomic_path, write_json, write_parquet, write_text
 from tasks.errors import PipelineError
 from tasks.images import load_pixels, to_tensor
-from tasks.model import load_model
+from tasks.model import load_model, resolve_device
 from tasks.params import get, get_int, section
 from tasks.scoring import credit, embed_images, trial_scores
 
@@ -35,7 +35,7 @@ TRIAL_COLUMNS = (
 class Config:
     seed: int
     pictures: int
-    device: str
+    device: torch.device
     batch_size: int
 
 
@@ -44,22 +44,10 @@ def read_config(params: dict[str, Any]) -> Config:
     return Config(
         seed=get_int(sec, "seed", "evaluate.seed", lo=0),
         pictures=get_int(sec, "pictures", "evaluate.pictures", lo=0, hi=100),
-        device=resolve_device(get(sec, "device", "evaluate.device", str)),
+        device=resolve_device(get(sec, "device", "evaluate.device", str),
+                              "params.yaml: evaluate.device"),
         batch_size=get_int(sec, "batch_size", "evaluate.batch_size", lo=1),
     )
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> cuda when available, else cpu; anything else must be a valid torch device."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PipelineError(f"params.yaml: evaluate.device {name!r} is not a device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"params.yaml: evaluate.device is {name!r} but no GPU is available")
-    return name
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -155,7 +143,7 @@ class EmbeddingTable(torch.nn.Module):
         return self.model.score(a, b)
 
 
-def embedding_table(model, pixels: np.ndarray, ids: np.ndarray, device: str,
+def embedding_table(model, pixels: np.ndarray, ids: np.ndarray, device: torch.device | str,
                     batch_size: int, chunk: int = 4096) -> torch.Tensor:
     """Embeddings [N, D] indexed by image_id: rows `ids` computed (preprocessed as in training,
     at the model's image size), the others zero."""

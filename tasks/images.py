@@ -37,13 +37,18 @@ def decode_png(data: bytes, source: str, size: int = SIZE) -> np.ndarray:
 def read_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
     """Read a user's character image of any size and format into the training convention.
 
-    Dark strokes on a light background (inverted if the border is dark), padded to a square
+    Dark strokes on a light background (transparency laid on white; inverted if the border is
+    dark), padded to a square
     with background, resized to size x size, thresholded at mid-grey.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
+            if "A" in img.getbands() or "transparency" in img.info:
+                # Transparent pixels often hold black: lay the image on white paper first.
+                paper = Image.new("RGBA", img.size, "white")
+                img = Image.alpha_composite(paper, img.convert("RGBA"))
             gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
@@ -78,7 +83,7 @@ def load_pixels(path: Path | str) -> np.ndarray:
         packed = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: packed pixels not found; run the index stage first") from None
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise PipelineError(f"{path}: not a valid packed pixel file ({e})") from None
     if packed.ndim != 3 or packed.dtype != np.uint8:
         raise PipelineError(

@@ -100,6 +100,30 @@ def koch_init(model: nn.Module) -> None:
                 nn.init.normal_(m.bias, 0.5, 0.01)
 
 
+def resolve_device(name: str, source: str) -> torch.device:
+    """'auto' -> CUDA when present, else the CPU; any other name must be a device this machine has.
+
+    `source` says where the name came from (a parameter or an option), for the message.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"{source}: {name!r} is not a device; use auto, cpu or cuda[:N]"
+                            ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(f"{source}: {name!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PipelineError(
+                f"{source}: {name!r} requested but this machine has "
+                f"{torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise PipelineError(f"{source}: {name!r}: use auto, cpu or cuda[:N]")
+    return device
+
+
 def build_model(arch: str, image_size: int, **options: Any) -> SiameseNet:
     """Build an architecture by name; unknown names or options raise PipelineError."""
     options = dict(options)

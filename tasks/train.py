@@ -37,7 +37,13 @@ from tasks.atomic import atomic_path, write_json
 from tasks.augment import distort
 from tasks.errors import PipelineError
 from tasks.images import load_pixels, to_tensor
-from tasks.model import SiameseNet, build_model, read_checkpoint, save_checkpoint
+from tasks.model import (
+    SiameseNet,
+    build_model,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from tasks.params import check_range, get_choice, get_float, get_int, section
 from tasks.scoring import credit, embed_images, trial_scores
 
@@ -135,7 +141,7 @@ def weight_decay(sec: dict[str, Any]) -> float | tuple[float, ...]:
     return get_float(sec, "weight_decay", "train.weight_decay", lo=0)
 
 
-def params_digest(params: dict[str, Any]) -> str:
+def train_params_digest(params: dict[str, Any]) -> str:
     """sha256 of the train section (canonical JSON): what a checkpoint was trained with."""
     text = json.dumps(section(params, "train"), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -318,19 +324,13 @@ class Progress:
     finished: bool = False
 
 
-def resolve_device(cfg: Config, override: str | None, local_rank: int) -> torch.device:
-    name = override or cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PipelineError(f"device {name!r} requested but CUDA is not available here")
-        if name == "cuda" and dist.is_initialized():
-            name = f"cuda:{local_rank}"
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise PipelineError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+def training_device(cfg: Config, override: str | None, local_rank: int) -> torch.device:
+    """train.device or the --device override; under torchrun, plain `cuda` is this rank's GPU."""
+    source = "siamese train --device" if override else "params.yaml: train.device"
+    device = resolve_device(override or cfg.device, source)
+    if device.type == "cuda" and device.index is None and dist.is_initialized():
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def setup_distributed() -> tuple[int, int, int]:
@@ -473,7 +473,8 @@ def run(params: dict[str, Any], device: str | None = None) -> None:
     cfg = parse_config(params)
     rank, world, local_rank = setup_distributed()
     try:
-        train(cfg, params_digest(params), resolve_device(cfg, device, local_rank), rank, world)
+        chosen = training_device(cfg, device, local_rank)
+        train(cfg, train_params_digest(params), chosen, rank, world)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

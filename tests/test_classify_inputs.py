@@ -51,12 +51,18 @@ def files(tmp_path) -> dict[str, Path]:
     wide = np.full((120, 200), 255, dtype=np.uint8)
     wide[:, 40:160] = stroke_image(0, 120, 120)
     Image.fromarray(wide).convert("LA").save(out["cross-wide.png"])
+    out["ring-transparent.png"] = tmp_path / "ring-transparent.png"
+    ink = stroke_image(1, 105, 105) == 0  # black strokes; the rest transparent black
+    rgba = np.zeros((105, 105, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(ink, 255, 0)
+    Image.fromarray(rgba, mode="RGBA").save(out["ring-transparent.png"])
     return out
 
 
 def test_each_query_gets_its_own_character_whatever_the_format(files, capsys):
     support = [files["cross.png"], files["ring.png"], files["bar.png"]]
-    query = [files["ring.jpg"], files["bar-inverted.bmp"], files["cross-wide.png"]]
+    query = [files["ring.jpg"], files["bar-inverted.bmp"], files["cross-wide.png"],
+             files["ring-transparent.png"]]
     argv = ["classify", "--model", str(files["model"]), "--support", *map(str, support),
             "--query", *map(str, query)]
     assert main(argv) == 0
@@ -65,7 +71,8 @@ def test_each_query_gets_its_own_character_whatever_the_format(files, capsys):
     assert lines[0] == "query,prediction,score,runner_up,runner_up_score"
     rows = [line.split(",") for line in lines[1:]]
     assert [(Path(r[0]).name, Path(r[1]).name) for r in rows] == [
-        ("ring.jpg", "ring.png"), ("bar-inverted.bmp", "bar.png"), ("cross-wide.png", "cross.png")]
+        ("ring.jpg", "ring.png"), ("bar-inverted.bmp", "bar.png"), ("cross-wide.png", "cross.png"),
+        ("ring-transparent.png", "ring.png")]
     assert all(0 < float(r[2]) <= 1 and float(r[4]) <= float(r[2]) for r in rows)
 
 
@@ -102,3 +109,19 @@ def test_checkpoint_of_another_architecture_is_named(files, tmp_path):
     torch.save(checkpoint, other)
     with pytest.raises(PipelineError, match=r"other-arch\.pt: weights do not match arch"):
         classify.run(other, [files["cross.png"]], [files["ring.jpg"]])
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "'tpu' is not a device"),
+    ("cuda:7", "'cuda:7' requested but"),
+])
+def test_unusable_device_is_named_not_blamed_on_the_checkpoint(files, device, message):
+    with pytest.raises(PipelineError, match=rf"siamese classify --device: {message}"):
+        classify.run(files["model"], [files["cross.png"]], [files["ring.jpg"]], device=device)
+
+
+def test_transparent_background_reads_as_paper(files):
+    from tasks.images import read_image_file
+
+    ink = stroke_image(1, 105, 105) == 0
+    assert (read_image_file(files["ring-transparent.png"]) == ink).all()
