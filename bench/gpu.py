@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
 KOCH_NET = {"arch": "koch", "image_size": 105, "lr": 0.0005}  # the rest: params.yaml's train
 SMOKE_EDITS = {  # what a small synthetic source (tests/test_bench.py's) can feed
-    "index": {"expected_fingerprint": None},
+    "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
     "trials": {"n_way": [20], "per_alphabet": 2},
     # Koch's network at 65x65, the smallest input it takes: the same code, 2.6x less work.

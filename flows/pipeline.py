@@ -1,9 +1,11 @@
 """The pipeline as a Prefect flow: one task run per stage of dvc.yaml, in DVC's order.
 
-The stages and their order come from DVC's own graph of dvc.yaml; each task runs
-`dvc repro --single-item <stage>`, so DVC alone decides whether a stage is up to date
-(dvc.lock is the one lock file, the DVC cache the one cache): a flow run after `dvc repro`
-skips what `dvc repro` built, and the other way round. Each task's log is the stage's output.
+The stages and their order come from DVC's own graph of dvc.yaml, and DVC alone decides
+whether a stage is up to date (dvc.lock is the one lock file, the DVC cache the one cache): a
+flow run after `dvc repro` skips what `dvc repro` built, and the other way round. The flow
+asks DVC once, in this process, which stages have changed (`dvc status`); a stage DVC found up
+to date, with nothing upstream of it run since, ends its task at once, and every other stage
+runs `dvc repro --single-item <stage>` in a process of its own, whose output is the task's log.
 """
 
 import json
@@ -64,6 +66,23 @@ def pipeline_stages(root: Path) -> list[str]:
         raise PipelineError(f"{root / 'dvc.yaml'}: DVC cannot read the pipeline: {e}") from None
 
 
+def changed_stages(root: Path) -> set[str] | None:
+    """The stages whose status DVC reports (changed deps, params, code or outputs), asked once
+    in this process under DVC's repository lock; None when DVC cannot tell (the lock held by
+    another DVC process, say): then every stage asks `dvc repro`, which reports the problem."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo, lock_repo
+    from dvc.stage import PipelineStage
+
+    try:
+        with Repo(str(root)) as repo, lock_repo(repo), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return {address(stage, repo.root_dir) for stage in repo.index.stages
+                    if isinstance(stage, PipelineStage) and stage.status()}
+    except DvcException:
+        return None
+
+
 def address(stage: Any, root_dir: str) -> str:
     """How `dvc repro`, run in the repository root, names `stage`."""
     dvcfile = os.path.relpath(stage.dvcfile.path, root_dir)
@@ -118,13 +137,18 @@ def stage_outcome(stage: str, lines: list[str]) -> str:
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, root: str, force: bool = False) -> dict[str, Any] | State:
+def run_stage(stage: str, root: str, force: bool = False,
+              up_to_date: bool = False) -> dict[str, Any] | State:
     """Reproduce one stage with `dvc repro --single-item`; its output is this task's log.
 
+    `up_to_date`: the flow's `dvc status` found nothing changed here, so no process starts.
     A failed stage ends the task in a Failed state whose message holds the last lines of the
     output (retried where RETRIES says so): the failure is the stage's, not a Python error,
     so no traceback."""
     logger = get_run_logger()
+    if up_to_date:
+        logger.info(f"Stage '{stage}' didn't change (dvc status), skipping")
+        return {"stage": stage, "outcome": "up to date", "seconds": 0.0}
     args = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     if force:
         args.append("--force")
@@ -213,8 +237,14 @@ def pipeline_flow(repo: str = ".", force: bool = False) -> list[dict[str, Any]]:
     root = Path(repo).resolve()
     results: list[dict[str, Any]] = []
     try:
-        for stage in pipeline_stages(root):
-            state = stage_task(stage)(stage, str(root), force, return_state=True)
+        stages = pipeline_stages(root)
+        changed = set(stages) if force else changed_stages(root)
+        for stage in stages:
+            # Once a stage has run, DVC itself judges the stages after it.
+            known_fresh = changed is not None and stage not in changed and all(
+                r["outcome"] == "up to date" for r in results)
+            state = stage_task(stage)(stage, str(root), force, up_to_date=known_fresh,
+                                      return_state=True)
             if state.is_failed():
                 return Failed(message=state.message)  # the later stages do not run
             results.append(state.result())

@@ -41,7 +41,7 @@ from tasks import paths
 from tasks.atomic import write_json, write_text
 from tasks.errors import PipelineError
 
-DATA_STAGES = ("index", "split", "pairs", "trials")
+DATA_STAGES = ("index", "split", "pairs", "trials")  # fetch: see bench_stages
 KOCH_FLOP_PER_PAIR = 10.9e9  # forward + backward of both twins at 105x105 (see pair_flops)
 EVAL_SETS = ("evaluation", "lake")  # each at its largest n_way (20 on the real data)
 BENCH_JSON = paths.REPORTS / "bench.json"
@@ -124,16 +124,25 @@ def child_env() -> dict[str, str]:
 def bench_stages(scratch: Path) -> dict[str, Any]:
     """Each data stage as `siamese <stage>` in its own process, on a scratch copy of the outputs.
 
-    The scratch folder links the real data/raw/omniglot and holds a copy of params.yaml, so
-    the project's own artifacts are never touched.
+    The scratch folder holds a copy of params.yaml and the zips: fetched again from a local
+    source (OMNIGLOT_SOURCE, or fetch.source when it is a folder), which times fetch too, or
+    else linked to the project's data/raw, so the project's own artifacts are never touched.
     """
-    raw = paths.RAW.resolve()
-    (scratch / paths.RAW).parent.mkdir(parents=True, exist_ok=True)
-    (scratch / paths.RAW).symlink_to(raw, target_is_directory=True)
+    from tasks.fetch import fetch_params, is_url
+    from tasks.params import load_params
+
     shutil.copy(paths.PARAMS, scratch / paths.PARAMS)
     env = child_env()
     imports = "import tasks.index, tasks.split, tasks.pairs, tasks.trials, tasks.cli"
     out: dict[str, Any] = {"imports only": run_child([sys.executable, "-c", imports], scratch, env)}
+    source = fetch_params(load_params(paths.PARAMS))["source"]
+    if is_url(source):
+        (scratch / paths.RAW).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / paths.RAW).symlink_to(paths.RAW.resolve(), target_is_directory=True)
+        out["fetch"] = {"skipped": "the source is a URL; set OMNIGLOT_SOURCE to a folder"}
+    else:
+        out["fetch"] = run_child([sys.executable, "-m", "tasks.cli", "fetch"], scratch,
+                                 {**env, "OMNIGLOT_SOURCE": str(Path(source).resolve())})
     outputs = {"index": paths.IMAGES, "split": paths.SPLIT, "pairs": paths.PAIRS,
                "trials": paths.TRIALS}
     for stage in DATA_STAGES:
@@ -171,13 +180,26 @@ def png_ink(path: Path) -> np.ndarray:
         return np.asarray(img.convert("L")) < 128
 
 
-def seed_batch(raw: Path, files: np.ndarray, left: np.ndarray, right: np.ndarray,
+def unpack_pngs(folder: Path) -> Path:
+    """The PNG files as the seed notebook had them: the two image zips unpacked (the pipeline
+    itself reads them out of the zips). Returns the folder that image paths are relative to."""
+    import zipfile
+
+    from tasks.zips import BACKGROUND_ZIP, EVALUATION_ZIP
+
+    for name in (BACKGROUND_ZIP, EVALUATION_ZIP):
+        with zipfile.ZipFile(paths.RAW / name) as zf:
+            zf.extractall(folder)
+    return folder
+
+
+def seed_batch(pngs: Path, files: np.ndarray, left: np.ndarray, right: np.ndarray,
                size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's input path: both PNGs of every pair read from disk, for every batch."""
     from tasks.images import to_tensor
 
-    x1 = np.stack([png_ink(raw / files[i]) for i in left])
-    x2 = np.stack([png_ink(raw / files[i]) for i in right])
+    x1 = np.stack([png_ink(pngs / files[i]) for i in left])
+    x2 = np.stack([png_ink(pngs / files[i]) for i in right])
     return to_tensor(x1, size), to_tensor(x2, size)
 
 
@@ -199,7 +221,8 @@ def load_train_data(params: dict[str, Any], size: int):
     return data, time.perf_counter() - start
 
 
-def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
+def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
+                pngs: Path) -> dict[str, Any]:
     """Pairs per second delivered to the model, undistorted, same batch size: train.py's
     next_batch (packed pixels preloaded as one tensor at the training size, batches by
     indexing) at each size, against the seed's path (PNGs from disk to 105x105 tensors)."""
@@ -213,11 +236,11 @@ def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dic
 
     def seed_step() -> None:
         rows = next(batches)
-        seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], 105)
+        seed_batch(pngs, files, rows[:, 0], rows[:, 1], 105)
 
     seed = per_second(sizes.batch, durations(seed_step, sizes.seed_batches))
     rows = pairs[: sizes.batch]
-    x1, x2 = seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], 105)
+    x1, x2 = seed_batch(pngs, files, rows[:, 0], rows[:, 1], 105)
     ids = torch.from_numpy(np.concatenate([rows[:, 0], rows[:, 1]]))
     profile = int(train_config(params).image_size)
     run_pairs = int(train_config(params).steps) * sizes.batch  # what one training run takes
@@ -312,7 +335,8 @@ def step_runner(cfg, data, device: torch.device | None = None, load: Loader | No
     return step, net
 
 
-def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
+def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
+                pngs: Path) -> dict[str, Any]:
     """Pairs per second of a training step per (arch, size): the project's step (its loader and
     distortions) and the seed-style step (PNGs from disk for every pair, no distortion)."""
     files = pd.read_parquet(paths.IMAGES, columns=["path"])["path"].to_numpy()
@@ -326,7 +350,7 @@ def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dic
 
         def seed_load(size=size, chunks=chunks) -> tuple[torch.Tensor, torch.Tensor]:
             rows = next(chunks)
-            x1, x2 = seed_batch(paths.RAW, files, rows[:, 0], rows[:, 1], size)
+            x1, x2 = seed_batch(pngs, files, rows[:, 0], rows[:, 1], size)
             return torch.cat([x1, x2]), torch.from_numpy(rows[:, 2])
 
         ours_step, net = step_runner(cfg, data)
@@ -515,19 +539,29 @@ def bench_dvc_noop() -> dict[str, Any]:
 
 
 def bench_pipeline(stages: int, noop: dict[str, Any]) -> dict[str, Any]:
-    """A fully cached `siamese run` (one Prefect task per stage) against the no-op `dvc repro`
-    of the whole pipeline (bench_dvc_noop)."""
+    """A fully cached `siamese run` (one Prefect task per stage) against Prefect's own start
+    (an empty flow run in a process of its own, on the same temporary server) and against the
+    no-op `dvc repro` of the whole pipeline (bench_dvc_noop)."""
     if noop.get("targets") != "all stages":
         return {"skipped": noop.get("whole_pipeline") or noop.get("skipped", "")}
+    empty = "from prefect import flow\nflow(name='empty')(lambda: None)()"
     try:
+        start = run_child([sys.executable, "-c", empty], Path("."), pipeline_env())
         flow = run_child([sys.executable, "-m", "tasks.cli", "run"], Path("."), pipeline_env())
     except PipelineError as e:
         return {"skipped": str(e)[-300:]}
     return {
         "stages": stages, "dvc_repro_noop_s": noop["seconds"], "cached_flow_s": flow["seconds"],
-        "flow_peak_rss_mib": flow["peak_rss_mib"],
-        "overhead_per_stage_s": round((flow["seconds"] - noop["seconds"]) / stages, 2),
+        "prefect_empty_flow_s": start["seconds"], "flow_peak_rss_mib": flow["peak_rss_mib"],
+        "overhead_per_stage_s": round((flow["seconds"] - start["seconds"]) / stages, 2),
+        "flow_over_dvc_noop": ratio(flow["seconds"], noop["seconds"]),
     }
+
+
+def dvc_cache_size() -> dict[str, Any]:
+    """Files and bytes held by the project's DVC cache (.dvc/cache)."""
+    files = [p for p in Path(".dvc/cache").rglob("*") if p.is_file()]
+    return {"files": len(files), "mib": round(sum(p.stat().st_size for p in files) / 2**20, 1)}
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -542,11 +576,15 @@ def machine() -> dict[str, Any]:
 
 
 def check_inputs() -> None:
-    needed = (paths.RAW, paths.IMAGES, paths.PIXELS, paths.SPLIT, paths.PAIRS, paths.TRIALS)
+    from tasks.zips import ZIPS
+
+    needed = (*(paths.RAW / name for name in ZIPS), paths.IMAGES, paths.PIXELS, paths.SPLIT,
+              paths.PAIRS, paths.TRIALS)
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise PipelineError(f"bench needs the data stages' outputs ({', '.join(missing)} "
-                            "missing); run `dvc repro trials` first, from the repository root")
+                            "missing); run `dvc repro pairs trials` first, from the repository "
+                            "root")
 
 
 def count_stages() -> int:
@@ -571,24 +609,30 @@ def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
         results["section_s"][name] = round(time.perf_counter() - start, 1)
         return value
 
-    if sizes.stages:
-        with tempfile.TemporaryDirectory(prefix="siamese-bench-") as scratch:
-            results["data_stages"] = measure("data_stages",
-                                             lambda: bench_stages(Path(scratch)))
-    if sizes.pipeline:
-        noop = measure("dvc_noop", bench_dvc_noop)
-        results.setdefault("data_stages", {})["no-op dvc repro"] = noop
-    profile = int(train_config(params).image_size)
-    data_by_size = measure("load", lambda: {
-        size: load_train_data(params, size)
-        for size in sorted({105, profile, *(s[1] for s in sizes.steps)})})
-    results["input_path"] = measure("input_path", lambda: bench_input(params, sizes, data_by_size))
-    results["augment"] = measure("augment", lambda: bench_augment(params, sizes, data_by_size))
-    results["train_step"] = measure("train_step", lambda: bench_steps(params, sizes, data_by_size))
+    with tempfile.TemporaryDirectory(prefix="siamese-bench-") as scratch:
+        if sizes.stages:
+            (Path(scratch) / "stages").mkdir()
+            results["data_stages"] = measure(
+                "data_stages", lambda: bench_stages(Path(scratch) / "stages"))
+        if sizes.pipeline:
+            noop = measure("dvc_noop", bench_dvc_noop)
+            results.setdefault("data_stages", {})["no-op dvc repro"] = noop
+        profile = int(train_config(params).image_size)
+        data_by_size = measure("load", lambda: {
+            size: load_train_data(params, size)
+            for size in sorted({105, profile, *(s[1] for s in sizes.steps)})})
+        pngs = measure("unpack_pngs", lambda: unpack_pngs(Path(scratch) / "pngs"))
+        results["input_path"] = measure(
+            "input_path", lambda: bench_input(params, sizes, data_by_size, pngs))
+        results["augment"] = measure(
+            "augment", lambda: bench_augment(params, sizes, data_by_size))
+        results["train_step"] = measure(
+            "train_step", lambda: bench_steps(params, sizes, data_by_size, pngs))
     data_by_size.clear()  # free the image tensors before the evaluation loads its own
     results["evaluation"] = measure("evaluation", lambda: bench_eval(params, sizes))
     if sizes.pipeline:
         results["prefect"] = measure("prefect", lambda: bench_pipeline(count_stages(), noop))
+        results["dvc_cache"] = dvc_cache_size()
     results["input_path_speedup"] = results["input_path"]["speedup"]
     results["input_path_speedup_same_size"] = results["input_path"]["speedup_same_size"]
     scored = {k.split()[0]: e for k, e in results["evaluation"].items() if isinstance(e, dict)}
@@ -670,7 +714,15 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
         both = f"{fmt(p['cached_flow_s'], 's')} vs {fmt(p['dvc_repro_noop_s'], 's')}"
         rows.append(("prefect", f"cached `siamese run` vs no-op `dvc repro` ({p['stages']} "
                      "stages)", both, "", ""))
-        rows.append(("prefect", "overhead per stage", fmt(p["overhead_per_stage_s"], "s"), "", ""))
+        rows.append(("prefect", "empty flow run (Prefect's own start)",
+                     fmt(p["prefect_empty_flow_s"], "s"), "", ""))
+        rows.append(("prefect", "overhead per stage over Prefect's own start",
+                     fmt(p["overhead_per_stage_s"], "s"), "", ""))
+        rows.append(("prefect", "cached `siamese run` / no-op `dvc repro`",
+                     fmt(p["flow_over_dvc_noop"], "x"), "", ""))
+    if "dvc_cache" in r:
+        c = r["dvc_cache"]
+        rows.append(("dvc", "DVC cache", f"{c['files']:,} files, {fmt(c['mib'], 'MiB')}", "", ""))
     return rows
 
 

@@ -1,10 +1,11 @@
-"""fetch: get the three Omniglot zips, verify them, unpack them into data/raw/omniglot.
+"""fetch: get the three Omniglot zips, verify them, and place them in data/raw.
 
-The source is a URL base (the authors' repository; md5s from params) or a local folder whose
-SHA256SUMS lists every file. Every zip is also checked for integrity (CRC) and structure, so a
-truncated or repacked file is an error that names it. Unpacking goes to a temporary folder
-that replaces data/raw/omniglot only when all three zips are in, so a failure leaves the
-previous folder intact.
+The source is a URL base (the authors' repository; an md5 from params for every file) or a
+local folder whose SHA256SUMS lists every file. Every zip is also checked for integrity (CRC),
+layout and size limits (tasks/zips.py), so a truncated, repacked or hostile file is an error
+that names it. The zips land in data/raw only when all three are good, each under a temporary
+name first, so a failure leaves the previous ones intact. Nothing is unpacked: index reads the
+PNGs out of the zips, and DVC tracks three files instead of 32,460.
 """
 
 import hashlib
@@ -15,18 +16,16 @@ import shutil
 import tempfile
 import time
 import urllib.request
-import zipfile
-from pathlib import Path, PurePosixPath
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from tasks import paths
 from tasks.atomic import atomic_path
 from tasks.errors import PipelineError
 from tasks.params import get, get_int, section
+from tasks.zips import ZIPS, check_zip
 
-ZIPS = ("images_background.zip", "images_evaluation.zip", "all_runs.zip")
-RUNS_ZIP = "all_runs.zip"
-RUN_ENTRY = re.compile(r"^run\d{2}/")
 CHUNK = 1 << 20
 
 
@@ -121,73 +120,31 @@ def download(url: str, dest: Path, retries: int, delay: float = 1.0) -> None:
 
 def fetch_url(base: str, files: list[str], md5: dict[str, str], retries: int,
               folder: Path) -> dict[str, Path]:
-    """Download each file into `folder` and check the md5s known for it."""
+    """Download each file into `folder` and check it against its md5 in fetch.md5."""
     located = {}
     for name in files:
+        if name not in md5:
+            raise PipelineError(f"params.yaml: fetch.md5 has no md5 for {name}; every "
+                                "download must be verified")
         path = folder / name
         download(f"{base.rstrip('/')}/{name}", path, retries)
-        if name in md5:
-            actual = file_digest(path, "md5")
-            if actual != md5[name].lower():
-                raise PipelineError(
-                    f"{name}: md5 mismatch (fetch.md5 says {md5[name]}, download has {actual})"
-                )
+        actual = file_digest(path, "md5")
+        if actual != md5[name].lower():
+            raise PipelineError(
+                f"{name}: md5 mismatch (fetch.md5 says {md5[name]}, download has {actual})"
+            )
         located[name] = path
     return located
 
 
-def safe_member(name: str, zip_path: Path) -> PurePosixPath:
-    """The entry's path, refused if it would land outside the unpack folder."""
-    member = PurePosixPath(name.replace("\\", "/"))
-    if member.is_absolute() or ".." in member.parts or re.match(r"^[A-Za-z]:", name):
-        raise PipelineError(f"{zip_path.name}: entry {name!r} would unpack outside the folder")
-    return member
-
-
-def check_zip(zip_path: Path) -> list[zipfile.ZipInfo]:
-    """Open the zip, check every entry's CRC and the expected top folder; return its entries."""
-    name = zip_path.name
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            entries = zf.infolist()
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise PipelineError(f"{zip_path}: not a valid zip (truncated or corrupt?): {e}") from None
-    if bad is not None:
-        raise PipelineError(f"{zip_path}: entry {bad!r} fails its CRC check (corrupt zip)")
-    top = name.removesuffix(".zip") + "/"
-    for info in entries:
-        member = safe_member(info.filename, zip_path)
-        path = member.as_posix() + ("/" if info.is_dir() else "")
-        ok = RUN_ENTRY.match(path) if name == RUNS_ZIP else path.startswith(top)
-        if not ok:
-            expected = "runNN/..." if name == RUNS_ZIP else top + "..."
-            raise PipelineError(f"{zip_path}: unexpected entry {info.filename!r} ({expected})")
-    if not any(not info.is_dir() for info in entries):
-        raise PipelineError(f"{zip_path}: the zip holds no files")
-    return entries
-
-
-def unpack(zip_path: Path, entries: list[zipfile.ZipInfo], dest: Path) -> None:
-    """Extract the checked entries of `zip_path` under `dest`."""
-    with zipfile.ZipFile(zip_path) as zf:
-        for info in entries:
-            target = dest / safe_member(info.filename, zip_path)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-
-
-def unpack_all(zips: dict[str, Path], raw: Path) -> None:
-    """Check all zips, then unpack them into `raw` atomically (all or nothing)."""
-    checked = {name: check_zip(path) for name, path in zips.items()}
-    with atomic_path(raw, is_dir=True) as tmp:
+def install(zips: dict[str, Path], raw: Path) -> None:
+    """Check every zip, then copy all of them into `raw`; nothing lands unless all are good."""
+    for path in zips.values():
+        check_zip(path)
+    with ExitStack() as stack:
         for name, path in zips.items():
-            dest = tmp / "all_runs" if name == RUNS_ZIP else tmp
-            unpack(path, checked[name], dest)
+            tmp = stack.enter_context(atomic_path(raw / name))
+            shutil.copyfile(path, tmp)
 
 
 def run(params: dict[str, Any]) -> None:
@@ -198,5 +155,5 @@ def run(params: dict[str, Any]) -> None:
             zips = fetch_url(source, p["files"], p["md5"], p["retries"], Path(folder))
         else:
             zips = verify_local(Path(source), p["files"])
-        unpack_all(zips, paths.RAW)
-    print(f"fetch: {len(zips)} zips from {source} verified and unpacked into {paths.RAW}")
+        install(zips, paths.RAW)
+    print(f"fetch: {len(zips)} zips from {source} verified and copied into {paths.RAW}")

@@ -1,15 +1,19 @@
-"""index: validate the unpacked Omniglot, and build the image and Lake-run manifests.
+"""index: validate the Omniglot zips, and build the image and Lake-run manifests.
 
-Writes data/manifests/images.parquet (one row per PNG, sorted by path; image_id = row),
-data/packed/pixels.npy (the ink masks, bit-packed, row = image_id), data/manifests/dataset.json
-and data/manifests/lake_runs.parquet (each run image mapped to the evaluation image with
-equal pixels). The content fingerprint is the one defined by the data's README: sha256 over
-`<path inside the zip>\t<sha256 of the PNG>\n`, one line per PNG, sorted by path.
-Everything is validated before anything is written.
+Reads the PNGs straight out of the three zips in data/raw (tasks/zips.py) and writes
+data/manifests/images.parquet (one row per PNG, sorted by path; image_id = row),
+data/packed/pixels.npy (the ink masks, bit-packed, row = image_id), data/manifests/dataset.json,
+data/manifests/lake_runs.parquet (each run image mapped to the evaluation image with equal
+pixels) and data/manifests/sources.json (each zip's sha256 and the content fingerprints).
+The content fingerprint is the one defined by the data's README: sha256 over
+`<path inside the zip>\t<sha256 of the PNG>\n`, one line per PNG, sorted by path; the runs'
+fingerprint is the same over every file of all_runs.zip, class_labels.txt included, so Lake's
+labels are pinned like the images. Everything is validated before anything is written.
 """
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,89 +25,109 @@ from tasks.atomic import write_json, write_npy, write_parquet
 from tasks.errors import PipelineError
 from tasks.images import decode_png, pack
 from tasks.params import get_int, section
+from tasks.zips import (
+    BACKGROUND_ZIP,
+    EVALUATION_ZIP,
+    RUNS_ZIP,
+    ZIPS,
+    manifest_path,
+    open_zip,
+    read_entry,
+)
 
-SUBSETS = ("background", "evaluation")
-RUNS = "all_runs"
-TOP_FOLDERS = tuple(f"images_{s}" for s in SUBSETS) + (RUNS,)
+SUBSET_ZIPS = {"background": BACKGROUND_ZIP, "evaluation": EVALUATION_ZIP}
 PNG_NAME = re.compile(r"^(\d{4})_(\d{2})\.png$")
-RUN_NAME = re.compile(r"^run\d{2}$")
 RUN_FILE = {
     "training": re.compile(r"^class(\d{2})\.png$"),
     "test": re.compile(r"^item(\d{2})\.png$"),
 }
+LABELS = "class_labels.txt"
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a zip: its manifest path (see tasks/zips.py) and its bytes."""
+
+    path: str
+    data: bytes
 
 
 def index_params(params: dict[str, Any]) -> dict[str, Any]:
     sec = section(params, "index")
-    expected = sec.get("expected_fingerprint")
-    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", str(expected)):
-        raise PipelineError(
-            f"params.yaml: index.expected_fingerprint must be null or 64 hex digits, "
-            f"got {expected!r}"
-        )
+    for key in ("expected_fingerprint", "expected_runs_fingerprint"):
+        value = sec.get(key)
+        if value is not None and not FINGERPRINT.fullmatch(str(value)):
+            raise PipelineError(
+                f"params.yaml: index.{key} must be null or 64 hex digits, got {value!r}"
+            )
     return {
         "image_size": get_int(sec, "image_size", "index.image_size", lo=1),
         "drawers": get_int(sec, "drawers", "index.drawers", lo=1),
-        "expected_fingerprint": expected,
+        "expected_fingerprint": sec.get("expected_fingerprint"),
+        "expected_runs_fingerprint": sec.get("expected_runs_fingerprint"),
     }
 
 
-def check_top_folders(raw: Path) -> None:
-    """The raw folder holds exactly images_background, images_evaluation and all_runs."""
-    if not raw.is_dir():
-        raise PipelineError(f"{raw}: not found; run the fetch stage first")
-    present = {p.name for p in raw.iterdir()}
-    for name in TOP_FOLDERS:
-        if name not in present or not (raw / name).is_dir():
-            raise PipelineError(f"{raw / name}: missing folder")
-    for name in sorted(present - set(TOP_FOLDERS)):
-        expected = ", ".join(TOP_FOLDERS)
-        raise PipelineError(f"{raw / name}: unexpected entry (expected only {expected})")
+def read_zip(zip_path: Path) -> list[Entry]:
+    """Every file of the zip (checked by tasks/zips.py), sorted by manifest path."""
+    with open_zip(zip_path) as (zf, files):
+        entries = [Entry(manifest_path(zip_path.name, info.filename),
+                         read_entry(zf, info, zip_path)) for info in files]
+    return sorted(entries, key=lambda e: e.path)
 
 
-def subfolders(folder: Path) -> list[Path]:
-    """The sub-folders of `folder`, sorted; any file there is a stray and an error."""
-    entries = sorted(folder.iterdir())
+def where(path: str, zip_path: Path) -> str:
+    return f"{path} (in {zip_path})"
+
+
+def character_rows(entries: list[Entry], zip_path: Path) -> dict[str, list[tuple]]:
+    """Character folder -> (alphabet, character, character_id, drawer, entry) of its PNGs.
+
+    The layout is `<top>/<alphabet>/<character>/NNNN_DD.png`; any other file is a stray."""
+    folders: dict[str, list[tuple]] = {}
     for entry in entries:
-        if not entry.is_dir():
-            raise PipelineError(f"{entry}: stray file (expected only folders in {folder})")
-    return entries
+        parts = entry.path.split("/")
+        if len(parts) < 4:
+            folder = "/".join(parts[:-1])
+            raise PipelineError(f"{where(entry.path, zip_path)}: stray file (expected only "
+                                f"folders in {folder})")
+        match = PNG_NAME.match(parts[3])
+        if len(parts) > 4 or not match:
+            raise PipelineError(f"{where(entry.path, zip_path)}: stray entry (expected only "
+                                "NNNN_DD.png files)")
+        folders.setdefault("/".join(parts[:3]), []).append(
+            (parts[1], parts[2], int(match.group(1)), int(match.group(2)), entry))
+    return folders
 
 
-def character_files(folder: Path, drawers: int) -> list[tuple[int, int, Path]]:
-    """(character_id, drawer, path) of a character folder's PNGs, checked strictly."""
-    found = []
-    for entry in sorted(folder.iterdir()):
-        match = PNG_NAME.match(entry.name)
-        if not entry.is_file() or not match:
-            raise PipelineError(f"{entry}: stray entry (expected only NNNN_DD.png files)")
-        found.append((int(match.group(1)), int(match.group(2)), entry))
-    ids = {char_id for char_id, _, _ in found}
+def check_character(folder: str, rows: list[tuple], zip_path: Path, drawers: int) -> None:
+    """One character id per folder, drawn by exactly drawers 01..N."""
+    ids = {row[2] for row in rows}
     if len(ids) > 1:
-        raise PipelineError(f"{folder}: several character ids {sorted(ids)} in one folder")
-    drawn = sorted(drawer for _, drawer, _ in found)
+        raise PipelineError(f"{where(folder, zip_path)}: several character ids {sorted(ids)} "
+                            "in one folder")
+    drawn = sorted(row[3] for row in rows)
     if drawn != list(range(1, drawers + 1)):
         raise PipelineError(
-            f"{folder}: {len(found)} drawings with drawers {drawn}; expected exactly "
-            f"{drawers} (drawers 01..{drawers:02d}, index.drawers)"
+            f"{where(folder, zip_path)}: {len(rows)} drawings with drawers {drawn}; expected "
+            f"exactly {drawers} (drawers 01..{drawers:02d}, index.drawers)"
         )
-    return found
 
 
-def scan_images(raw: Path, drawers: int) -> pd.DataFrame:
-    """One row per PNG of both subsets (no pixels yet), sorted by path."""
+def scan_images(raw: Path, drawers: int) -> tuple[pd.DataFrame, list[bytes]]:
+    """One row per PNG of both image zips, sorted by path, and each PNG's bytes in row order."""
     rows = []
-    for subset in SUBSETS:
-        top = raw / f"images_{subset}"
-        for alphabet in subfolders(top):
-            for character in subfolders(alphabet):
-                for char_id, drawer, path in character_files(character, drawers):
-                    rows.append((subset, alphabet.name, character.name, char_id, drawer,
-                                 path.relative_to(raw).as_posix()))
-    columns = ["subset", "alphabet", "character", "character_id", "drawer", "path"]
+    for subset, zip_name in SUBSET_ZIPS.items():
+        zip_path = raw / zip_name
+        for folder, found in character_rows(read_zip(zip_path), zip_path).items():
+            check_character(folder, found, zip_path, drawers)
+            rows += [(subset, alphabet, character, char_id, drawer, entry.path, entry.data)
+                     for alphabet, character, char_id, drawer, entry in found]
+    columns = ["subset", "alphabet", "character", "character_id", "drawer", "path", "data"]
     images = pd.DataFrame(rows, columns=columns).sort_values("path", ignore_index=True)
     check_character_ids(images)
-    return images
+    return images.drop(columns="data"), list(images["data"])
 
 
 def check_character_ids(images: pd.DataFrame) -> None:
@@ -128,116 +152,129 @@ def check_character_ids(images: pd.DataFrame) -> None:
         )
 
 
-def read_images(raw: Path, images: pd.DataFrame, size: int) -> tuple[list[str], np.ndarray]:
-    """sha256 and decoded ink mask of every image, in row order."""
-    digests = []
+def decode_all(raw: Path, images: pd.DataFrame, data: list[bytes], size: int) -> np.ndarray:
+    """The decoded ink mask of every image, in row order."""
     pixels = np.empty((len(images), size, size), dtype=bool)
-    for i, rel in enumerate(images["path"]):
-        data = (raw / rel).read_bytes()
-        digests.append(hashlib.sha256(data).hexdigest())
-        pixels[i] = decode_png(data, str(raw / rel), size)
-    return digests, pixels
+    for i, (path, subset) in enumerate(zip(images["path"], images["subset"], strict=True)):
+        pixels[i] = decode_png(data[i], where(path, raw / SUBSET_ZIPS[subset]), size)
+    return pixels
 
 
-def fingerprint(images: pd.DataFrame) -> str:
-    """The README's content fingerprint (paths inside the zips = paths under the raw folder)."""
-    lines = sorted(f"{p}\t{h}\n" for p, h in zip(images["path"], images["sha256"], strict=True))
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+def fingerprint(lines: list[tuple[str, str]]) -> str:
+    """The README's content fingerprint of (path inside the zip, sha256 of the file) lines."""
+    text = "".join(sorted(f"{path}\t{digest}\n" for path, digest in lines))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_fingerprint(digest: str, expected: str | None, key: str, what: Path | str) -> None:
+    if expected is not None and digest != expected:
+        raise PipelineError(
+            f"{what}: content fingerprint {digest} does not match index.{key} {expected} "
+            "(not the official Omniglot, or files changed)"
+        )
 
 
 def build_images(raw: Path, p: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray, str]:
     """The images manifest, the ink masks [N, S, S] and the fingerprint, all validated."""
-    images = scan_images(raw, p["drawers"])
-    digests, pixels = read_images(raw, images, p["image_size"])
-    images["sha256"] = digests
+    images, data = scan_images(raw, p["drawers"])
+    pixels = decode_all(raw, images, data, p["image_size"])
+    images["sha256"] = [hashlib.sha256(d).hexdigest() for d in data]
     images["height"] = p["image_size"]
     images["width"] = p["image_size"]
     images.insert(0, "image_id", np.arange(len(images), dtype=np.int64))
     images = images.astype({"character_id": "int64", "drawer": "int64",
                             "height": "int64", "width": "int64"})
-    digest = fingerprint(images)
-    expected = p["expected_fingerprint"]
-    if expected is not None and digest != expected:
-        raise PipelineError(
-            f"{raw}: content fingerprint {digest} does not match index.expected_fingerprint "
-            f"{expected} (not the official Omniglot, or files changed)"
-        )
+    digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
+    zips = " and ".join(str(raw / name) for name in SUBSET_ZIPS.values())
+    check_fingerprint(digest, p["expected_fingerprint"], "expected_fingerprint", zips)
     return images, pixels, digest
 
 
-def run_files(run: Path) -> list[tuple[str, int, Path]]:
-    """(kind, position, path) of one run folder's images; class_labels.txt is read apart."""
-    found = []
-    for entry in sorted(run.iterdir()):
-        if entry.name == "class_labels.txt" and entry.is_file():
+def group_runs(entries: list[Entry], zip_path: Path) -> dict[str, dict[str, Any]]:
+    """runNN -> {"labels": Entry, "training": {position: Entry}, "test": {position: Entry}}."""
+    runs: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        parts = entry.path.split("/")[1:]  # all_runs/runNN/...
+        run = runs.setdefault(parts[0], {"labels": None, "training": {}, "test": {}})
+        if parts[1:] == [LABELS]:
+            run["labels"] = entry
             continue
-        if entry.name not in RUN_FILE or not entry.is_dir():
-            raise PipelineError(f"{entry}: unexpected entry in a run folder")
-        for image in sorted(entry.iterdir()):
-            match = RUN_FILE[entry.name].match(image.name)
-            if not image.is_file() or not match:
-                raise PipelineError(f"{image}: stray entry in {entry}")
-            found.append((entry.name, int(match.group(1)), image))
-    for kind in RUN_FILE:
-        positions = sorted(pos for k, pos, _ in found if k == kind)
-        if not positions or positions != list(range(1, len(positions) + 1)):
-            raise PipelineError(f"{run / kind}: images must be numbered 01..NN, got {positions}")
-    return found
+        match = RUN_FILE[parts[1]].match(parts[2]) if len(parts) == 3 and parts[1] in RUN_FILE \
+            else None
+        if not match:
+            raise PipelineError(f"{where(entry.path, zip_path)}: unexpected entry in a run "
+                                f"(expected {LABELS}, training/classNN.png, test/itemNN.png)")
+        run[parts[1]][int(match.group(1))] = entry
+    for name, run in runs.items():
+        for kind in RUN_FILE:
+            positions = sorted(run[kind])
+            if not positions or positions != list(range(1, len(positions) + 1)):
+                raise PipelineError(f"{where(f'all_runs/{name}/{kind}', zip_path)}: images must "
+                                    f"be numbered 01..NN, got {positions}")
+        if run["labels"] is None:
+            raise PipelineError(f"{where(f'all_runs/{name}/{LABELS}', zip_path)}: missing")
+    return runs
 
 
-def run_labels(run: Path, n_items: int, n_classes: int) -> dict[int, int]:
+def run_labels(name: str, labels: Entry, n_items: int, n_classes: int,
+               zip_path: Path) -> dict[int, int]:
     """item position -> class position, from the run's class_labels.txt."""
-    labels_file = run / "class_labels.txt"
-    if not labels_file.is_file():
-        raise PipelineError(f"{labels_file}: missing")
-    labels = {}
-    name = run.name
+    source = where(labels.path, zip_path)
     pattern = re.compile(rf"^{name}/test/item(\d{{2}})\.png\s+{name}/training/class(\d{{2}})\.png$")
-    for number, line in enumerate(labels_file.read_text().splitlines(), start=1):
+    found: dict[int, int] = {}
+    for number, line in enumerate(labels.data.decode(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         match = pattern.match(line.strip())
         if not match:
-            raise PipelineError(f"{labels_file}:{number}: cannot parse {line!r}")
+            raise PipelineError(f"{source}:{number}: cannot parse {line!r}")
         item, cls = int(match.group(1)), int(match.group(2))
-        if item in labels or not 1 <= cls <= n_classes:
-            raise PipelineError(f"{labels_file}:{number}: repeated item or no such class: {line!r}")
-        labels[item] = cls
-    if sorted(labels) != list(range(1, n_items + 1)):
-        raise PipelineError(f"{labels_file}: must label each of the {n_items} test items once")
-    return labels
+        if item in found or not 1 <= cls <= n_classes:
+            raise PipelineError(f"{source}:{number}: repeated item or no such class: {line!r}")
+        found[item] = cls
+    if sorted(found) != list(range(1, n_items + 1)):
+        raise PipelineError(f"{source}: must label each of the {n_items} test items once")
+    return found
 
 
-def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray, size: int) -> pd.DataFrame:
-    """Map each run image to the evaluation image with equal pixels; attach the labels.
+def evaluation_twin(entry: Entry, by_pixels: dict[bytes, list[int]], size: int,
+                    zip_path: Path) -> int:
+    """The one evaluation image whose pixels equal those of the run image `entry`."""
+    key = pack(decode_png(entry.data, where(entry.path, zip_path), size)).tobytes()
+    matches = by_pixels.get(key, [])
+    if len(matches) != 1:
+        what = "no evaluation image" if not matches else f"{len(matches)} evaluation images"
+        raise PipelineError(f"{where(entry.path, zip_path)}: {what} with equal pixels "
+                            "(expected exactly one)")
+    return matches[0]
 
-    For kind=training the label is the class's own position.
-    """
-    evaluation = images.index[images["subset"] == "evaluation"].to_numpy()
+
+def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray,
+                    p: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+    """Map each run image to the evaluation image with equal pixels, attach the labels, and
+    fingerprint all_runs.zip. For kind=training the label is the class's own position."""
+    zip_path = raw / RUNS_ZIP
+    entries = read_zip(zip_path)
+    digest = fingerprint([(e.path, hashlib.sha256(e.data).hexdigest()) for e in entries])
+    check_fingerprint(digest, p["expected_runs_fingerprint"], "expected_runs_fingerprint",
+                      zip_path)
     by_pixels: dict[bytes, list[int]] = {}
-    for i in evaluation:
+    for i in images.index[images["subset"] == "evaluation"]:
         by_pixels.setdefault(pack(pixels[i]).tobytes(), []).append(int(i))
     rows = []
-    for run in subfolders(raw / RUNS):
-        if not RUN_NAME.match(run.name):
-            raise PipelineError(f"{run}: unexpected folder (expected runNN)")
-        found = run_files(run)
-        n_items = sum(kind == "test" for kind, _, _ in found)
-        labels = run_labels(run, n_items, len(found) - n_items)
-        for kind, position, path in found:
-            key = pack(decode_png(path.read_bytes(), str(path), size)).tobytes()
-            matches = by_pixels.get(key, [])
-            if len(matches) != 1:
-                what = "no evaluation image" if not matches else f"{len(matches)} evaluation images"
-                raise PipelineError(f"{path}: {what} with equal pixels (expected exactly one)")
-            label = labels[position] if kind == "test" else position
-            rows.append((int(run.name[3:]), kind, position, path.relative_to(raw).as_posix(),
-                         int(images.at[matches[0], "image_id"]), label))
+    for name, run in sorted(group_runs(entries, zip_path).items()):
+        labels = run_labels(name, run["labels"], len(run["test"]), len(run["training"]),
+                            zip_path)
+        for kind in RUN_FILE:
+            for position, entry in sorted(run[kind].items()):
+                twin = evaluation_twin(entry, by_pixels, p["image_size"], zip_path)
+                label = labels[position] if kind == "test" else position
+                rows.append((int(name[3:]), kind, position, entry.path,
+                             int(images.at[twin, "image_id"]), label))
     columns = ["run", "kind", "position", "file", "image_id", "label"]
     lake = pd.DataFrame(rows, columns=columns).sort_values(["run", "kind", "position"])
-    return lake.astype({c: "int64" for c in ("run", "position", "image_id", "label")}).reset_index(
-        drop=True
-    )
+    lake = lake.astype({c: "int64" for c in ("run", "position", "image_id", "label")})
+    return lake.reset_index(drop=True), digest
 
 
 def summary(images: pd.DataFrame, digest: str) -> dict[str, Any]:
@@ -249,16 +286,33 @@ def summary(images: pd.DataFrame, digest: str) -> dict[str, Any]:
     }
 
 
+def sources(raw: Path, images_digest: str, runs_digest: str) -> dict[str, Any]:
+    """What the manifests were built from: each zip's sha256, and the content fingerprints."""
+    def sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+    return {
+        "zips": {name: sha256(raw / name) for name in ZIPS},
+        "images_fingerprint": images_digest,
+        "runs_fingerprint": runs_digest,
+    }
+
+
 def run(params: dict[str, Any]) -> None:
     p = index_params(params)
     raw = paths.RAW
-    check_top_folders(raw)
     images, pixels, digest = build_images(raw, p)
-    lake = build_lake_runs(raw, images, pixels, p["image_size"])
+    lake, runs_digest = build_lake_runs(raw, images, pixels, p)
     info = summary(images, digest)
     write_parquet(images, paths.IMAGES, metadata={"fingerprint": digest})
     write_parquet(lake, paths.LAKE_RUNS)
     write_npy(pack(pixels), paths.PIXELS)
     write_json(info, paths.DATASET)
+    write_json(sources(raw, digest, runs_digest), paths.SOURCES)
     print(f"index: {info['images']} images, {info['alphabets']} alphabets, "
-          f"{info['characters']} characters, {len(lake)} run images; fingerprint {digest}")
+          f"{info['characters']} characters, {len(lake)} run images; fingerprint {digest}; "
+          f"runs fingerprint {runs_digest}")

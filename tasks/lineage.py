@@ -18,6 +18,7 @@ import yaml
 
 from tasks import paths
 from tasks.errors import PipelineError
+from tasks.zips import locate
 
 LOCK = Path("dvc.lock")
 
@@ -198,9 +199,11 @@ def read_table(root: Path, path: Path, columns: list[str] | None = None):
 
 def data_summary(root: Path) -> dict[str, Any]:
     """The data set, the images per role and the trials per (set, n_way), as built now."""
-    summary: dict[str, Any] = {"dataset": None, "images_by_role": None, "trials": None}
-    if (root / paths.DATASET).exists():
-        summary["dataset"] = json.loads((root / paths.DATASET).read_text())
+    summary: dict[str, Any] = {"dataset": None, "sources": None, "images_by_role": None,
+                               "trials": None}
+    for key, path in (("dataset", paths.DATASET), ("sources", paths.SOURCES)):
+        if (root / path).exists():
+            summary[key] = json.loads((root / path).read_text())
     split = read_table(root, paths.SPLIT, ["role"])
     if split is not None:
         summary["images_by_role"] = {k: int(v) for k, v in split["role"].value_counts().items()}
@@ -254,7 +257,8 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
     keys = ("subset", "alphabet", "character", "character_id", "drawer", "path", "sha256")
     record: dict[str, Any] = {"image_id": image_id}
     record.update({k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keys})
-    record["file"] = (paths.RAW / row["path"]).as_posix()
+    zip_name, entry = locate(row["path"])
+    record["file"] = f"{entry} in {(paths.RAW / zip_name).as_posix()}"
     split = read_table(root, paths.SPLIT)
     if split is not None:
         roles = split.loc[split["image_id"] == image_id, "role"]
@@ -296,6 +300,10 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
     lines.append("data set:       " + (f"fingerprint {data['fingerprint']}, " + ", ".join(
         f"{data[k]} {k}" for k in ("images", "alphabets", "characters") if k in data)
         if data else "not built"))
+    if rec["sources"]:
+        lines.append(f"Lake's runs:    fingerprint {rec['sources']['runs_fingerprint']}")
+        lines += [f"zip:            sha256 {digest}  {name}"
+                  for name, digest in sorted(rec["sources"]["zips"].items())]
     roles = rec["images_by_role"]
     lines.append("images by role: " + (", ".join(f"{k} {v}" for k, v in sorted(roles.items()))
                                        if roles else "no split yet"))

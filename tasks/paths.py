@@ -10,11 +10,12 @@ import pandas as pd
 from tasks.errors import PipelineError
 
 PARAMS = Path("params.yaml")
-RAW = Path("data/raw/omniglot")
+RAW = Path("data/raw")  # the three verified zips, named in tasks/zips.py
 MANIFESTS = Path("data/manifests")
 IMAGES = MANIFESTS / "images.parquet"
 LAKE_RUNS = MANIFESTS / "lake_runs.parquet"
 DATASET = MANIFESTS / "dataset.json"
+SOURCES = MANIFESTS / "sources.json"
 PIXELS = Path("data/packed/pixels.npy")
 SPLIT = MANIFESTS / "split.parquet"
 PAIRS = MANIFESTS / "pairs.parquet"

@@ -20,7 +20,7 @@ DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
 # What the synthetic layout (tests/synthetic.py) can feed: its smallest background alphabet has
 # 4 characters (left out of the 5-way trials), its train images allow a few hundred pairs.
 SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
-    "index": {"expected_fingerprint": None},
+    "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
     "trials": {"n_way": [3, 5], "per_alphabet": 4},
 }

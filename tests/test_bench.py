@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Alphabets of 21 characters: enough for the 20-way validation trials that train.py needs.
 LAYOUT = Layout(background=(("Alpha", 21), ("Beta", 21)), evaluation=(("Delta", 21),), runs=1)
 EDITS = {
-    "index": {"expected_fingerprint": None},
+    "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
     "trials": {"n_way": [20], "per_alphabet": 2},
 }

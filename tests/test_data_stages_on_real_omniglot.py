@@ -12,6 +12,7 @@ from tasks.images import decode_png, load_pixels
 from tasks.params import load_params
 from tasks.split import split_images
 from tasks.trials import build_trials
+from tasks.zips import read_files
 
 FINGERPRINT = "5428cfccab0ad8d259495c8dd142f6e155c0899146a46fcb391faff018979ebe"
 
@@ -55,7 +56,7 @@ def test_packed_pixels_are_the_pngs(real_data_root, images):
     pixels = load_pixels(real_data_root / paths.PIXELS)
     assert pixels.shape == (32460, 105, 105)
     for image_id in np.random.default_rng(0).choice(len(images), 25, replace=False):
-        png = (real_data_root / paths.RAW / images.at[image_id, "path"]).read_bytes()
+        png = read_files(real_data_root / paths.RAW, [images.at[image_id, "path"]])[0]
         assert np.array_equal(pixels[image_id], decode_png(png, "test"))
 
 
@@ -68,7 +69,7 @@ def test_lake_runs_map_to_evaluation_images(real_data_root, images, lake):
     assert all(run_labels == list(range(1, 21)) for run_labels in labels)
     pixels = load_pixels(real_data_root / paths.PIXELS)
     for row in lake.sample(40, random_state=0).itertuples():
-        png = (real_data_root / paths.RAW / row.file).read_bytes()
+        png = read_files(real_data_root / paths.RAW, [row.file])[0]
         assert np.array_equal(pixels[row.image_id], decode_png(png, row.file))
     classes = lake[lake["kind"] == "training"].set_index(["run", "position"])["image_id"]
     truth = classes.loc[list(zip(tests["run"], tests["label"], strict=True))].to_numpy()

@@ -1,19 +1,19 @@
-"""fetch: a bad source (truncated zip, escaping entry, wrong checksum, bad download) is an error
-that names the file, exits 1, and leaves the previously unpacked data as it was."""
+"""fetch: a bad source (truncated zip, escaping entry, zip bomb, wrong checksum, bad download)
+is an error that names the file, exits 1, and leaves the previously fetched zips as they were."""
 
 import hashlib
 import http.server
 import shutil
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tasks import paths
+from tasks.zips import ZIPS
 from tests.conftest import mutated_source, run_stage, snapshot, write_params, write_sums
-
-ZIPS = ("images_background.zip", "images_evaluation.zip", "all_runs.zip")
 
 
 def assert_fails_cleanly(project: Path, source: Path | str, *expected: str) -> str:
@@ -25,7 +25,7 @@ def assert_fails_cleanly(project: Path, source: Path | str, *expected: str) -> s
         assert text in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(project) == before
-    leftovers = [p.name for p in (project / paths.RAW).parent.iterdir() if ".tmp-" in p.name]
+    leftovers = [p.name for p in (project / paths.RAW).iterdir() if ".tmp-" in p.name]
     assert leftovers == []
     return result.stderr
 
@@ -75,6 +75,27 @@ def test_entry_outside_the_zips_top_folder_is_refused(synthetic_project, synthet
     source = mutated_source(tmp_path / "src", synthetic_source, "images_evaluation.zip",
                             add_stray)
     assert_fails_cleanly(synthetic_project, source, "images_evaluation.zip", "unexpected entry")
+
+
+def test_zip_bomb_is_refused_before_it_inflates(synthetic_project, synthetic_source, tmp_path):
+    """65 KB of zeros-in-deflate that would inflate to 64 MiB: refused from the zip's directory."""
+    source = shutil.copytree(synthetic_source, tmp_path / "src")
+    with zipfile.ZipFile(source / "images_background.zip", "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images_background/Alpha/character01/bomb.bin", bytes(64 << 20))
+    assert (source / "images_background.zip").stat().st_size < 2 << 20
+    write_sums(source)
+    assert_fails_cleanly(synthetic_project, source, "images_background.zip", "bomb.bin",
+                         "over the limit")
+
+
+def test_highly_compressed_entry_is_refused(synthetic_project, synthetic_source, tmp_path):
+    """Small, but inflating 1,000 times: no Omniglot entry does that (the most is 6.6)."""
+    source = shutil.copytree(synthetic_source, tmp_path / "src")
+    with zipfile.ZipFile(source / "all_runs.zip", "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("run01/padding.txt", bytes(500_000))
+    write_sums(source)
+    assert_fails_cleanly(synthetic_project, source, "all_runs.zip", "run01/padding.txt",
+                         "inflates", "times")
 
 
 def test_wrong_checksum_is_named(synthetic_project, synthetic_source, tmp_path):
@@ -141,10 +162,11 @@ def url_params(project: Path, md5: dict[str, str], retries: int = 0) -> None:
 
 
 def synthetic_md5(source: Path) -> dict[str, str]:
-    return {name: hashlib.md5((source / name).read_bytes()).hexdigest() for name in ZIPS[:2]}
+    return {name: hashlib.md5((source / name).read_bytes()).hexdigest() for name in ZIPS}
 
 
-def test_download_from_url_checks_md5_and_unpacks(synthetic_project, synthetic_source, serve):
+def test_download_from_url_checks_md5_and_keeps_the_zips(synthetic_project, synthetic_source,
+                                                          serve):
     server = serve(truncate=False)
     url = f"http://127.0.0.1:{server.server_port}"
     url_params(synthetic_project, synthetic_md5(synthetic_source))
@@ -152,9 +174,22 @@ def test_download_from_url_checks_md5_and_unpacks(synthetic_project, synthetic_s
     result = run_stage(synthetic_project, "fetch", url)
     assert result.returncode == 0, result.stderr
     raw = synthetic_project / paths.RAW
-    assert sorted(p.name for p in raw.iterdir()) == ["all_runs", "images_background",
-                                                      "images_evaluation"]
-    assert (raw / "all_runs" / "run01" / "class_labels.txt").is_file()
+    assert sorted(p.name for p in raw.iterdir()) == sorted(ZIPS)
+    for name in ZIPS:
+        assert (raw / name).read_bytes() == (synthetic_source / name).read_bytes()
+
+
+def test_download_needs_an_md5_for_every_zip(synthetic_project, synthetic_source, serve):
+    server = serve(truncate=False)
+    md5 = synthetic_md5(synthetic_source)
+    del md5["all_runs.zip"]
+    url_params(synthetic_project, md5)
+    assert_fails_cleanly(synthetic_project, f"http://127.0.0.1:{server.server_port}",
+                         "fetch.md5", "all_runs.zip")
+    md5["all_runs.zip"] = "0" * 32
+    url_params(synthetic_project, md5)
+    assert_fails_cleanly(synthetic_project, f"http://127.0.0.1:{server.server_port}",
+                         "all_runs.zip", "md5 mismatch")
 
 
 def test_download_md5_mismatch_is_named(synthetic_project, synthetic_source, serve):

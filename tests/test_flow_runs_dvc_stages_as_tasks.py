@@ -52,6 +52,27 @@ def test_flow_and_dvc_repro_share_one_lock_and_cache(pipeline, project):
     assert set(outcomes(pipeline.run_pipeline(repo=project)).values()) == {"up to date"}
 
 
+def test_cached_run_asks_dvc_once_and_starts_no_dvc_process(pipeline, project):
+    """Up-to-date stages end their tasks from the flow's one `dvc status`; once a stage runs,
+    DVC itself judges every stage after it (here: index reruns, train and evaluate are
+    found unchanged by `dvc repro`, since index wrote the same output)."""
+    run(["dvc", "repro"], project)
+    state = pipeline.pipeline_flow(repo=str(project), return_state=True)
+    assert set(outcomes(state.result()).values()) == {"up to date"}
+    tasks, logs, _ = flow_run_records(state.state_details.flow_run_id)
+    assert sorted(tasks) == ["evaluate", "fetch", "index", "train"]
+    for stage in tasks:
+        assert logs[stage][0] == f"Stage '{stage}' didn't change (dvc status), skipping"
+        assert not any("stage" in line and "starting" in line for line in logs[stage])
+
+    (project / "data/manifests/dataset.json").unlink()
+    state = pipeline.pipeline_flow(repo=str(project), return_state=True)
+    assert outcomes(state.result()) == {"fetch": "up to date", "index": "restored",
+                                        "train": "up to date", "evaluate": "up to date"}
+    tasks, logs, _ = flow_run_records(state.state_details.flow_run_id)
+    assert any("didn't change, skipping" in line for line in logs["train"])  # dvc repro's
+
+
 def test_each_stage_is_a_task_run_with_its_log_retries_and_artifacts(
     pipeline, project, tmp_path, monkeypatch
 ):

@@ -1,8 +1,11 @@
 """index: each kind of bad image or layout is an error naming the file and the problem, exit 1,
-with the manifests and packed pixels built before left exactly as they were."""
+with the manifests and packed pixels built before left exactly as they were.
+
+Most cases go through fetch (the zips are well-formed, their content is not); the others put
+a zip into data/raw by hand, as a user might, where only index can see what is wrong."""
 
 import io
-import shutil
+import zipfile
 
 from PIL import Image
 
@@ -73,28 +76,72 @@ def test_missing_alphabet(synthetic_project, synthetic_source, tmp_path):
                            "alphabet missing")
 
 
-def test_missing_or_extra_top_folder(synthetic_project, synthetic_source):
-    raw = synthetic_project / paths.RAW
-    shutil.rmtree(raw / "all_runs")
-    before = snapshot(synthetic_project)
-    result = run_stage(synthetic_project, "index", synthetic_source)
-    assert result.returncode == 1
-    assert "data/raw/omniglot/all_runs: missing folder" in result.stderr
-    (raw / "all_runs").mkdir()
-    (raw / "images_background_small1").mkdir()
-    result = run_stage(synthetic_project, "index", synthetic_source)
-    assert result.returncode == 1
-    assert "images_background_small1: unexpected entry" in result.stderr
-    assert snapshot(synthetic_project) == before
+def index_fails(project, *expected: str) -> None:
+    """index on data/raw as it is must fail cleanly, naming `expected`."""
+    before = snapshot(project)
+    result = run_stage(project, "index", "unused")
+    assert result.returncode == 1, result.stdout + result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(project) == before
 
 
-def test_fingerprint_mismatch_names_the_param(synthetic_project, synthetic_source):
+def add_entry(zip_path, name: str, data: bytes) -> None:
+    with zipfile.ZipFile(zip_path, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, data)
+
+
+def test_missing_zip(synthetic_project):
+    (synthetic_project / paths.RAW / "all_runs.zip").unlink()
+    index_fails(synthetic_project, "data/raw/all_runs.zip: not found", "run the fetch stage")
+
+
+def test_extra_top_folder_inside_a_zip(synthetic_project):
+    add_entry(synthetic_project / paths.RAW / BACKGROUND, "images_background_small1/x.png", b"?")
+    index_fails(synthetic_project, "images_background.zip", "images_background_small1/x.png",
+                "unexpected entry")
+
+
+def test_stray_file_in_a_run(synthetic_project):
+    add_entry(synthetic_project / paths.RAW / "all_runs.zip", "run02/notes.txt", b"?")
+    index_fails(synthetic_project, "all_runs/run02/notes.txt", "unexpected entry in a run")
+
+
+def test_zip_bomb_put_in_by_hand_is_refused(synthetic_project):
+    add_entry(synthetic_project / paths.RAW / BACKGROUND, f"{FIRST}/bomb.png", bytes(8 << 20))
+    index_fails(synthetic_project, "bomb.png", "over the limit")
+
+
+def test_truncated_zip_put_in_by_hand(synthetic_project):
+    zip_path = synthetic_project / paths.RAW / "images_evaluation.zip"
+    zip_path.write_bytes(zip_path.read_bytes()[:1000])
+    index_fails(synthetic_project, "images_evaluation.zip", "not a valid zip")
+
+
+def test_fingerprint_mismatch_names_the_param(synthetic_project):
     write_params(synthetic_project, {"index": {"expected_fingerprint": "0" * 64}})
-    before = snapshot(synthetic_project)
+    index_fails(synthetic_project, "index.expected_fingerprint", "images_background.zip")
+
+
+def test_edited_run_labels_fail_the_runs_fingerprint(synthetic_project, synthetic_source,
+                                                     tmp_path):
+    """Lake's labels are pinned like the images: swapping two labels changes the fingerprint."""
     result = run_stage(synthetic_project, "index", synthetic_source)
-    assert result.returncode == 1
-    assert "index.expected_fingerprint" in result.stderr
-    assert snapshot(synthetic_project) == before
+    pinned = result.stdout.rsplit("runs fingerprint ", 1)[1].strip()
+
+    def swap(entries):
+        lines = entries["run01/class_labels.txt"].decode().splitlines()
+        first, second = lines[0].split(), lines[1].split()
+        lines[:2] = [f"{first[0]} {second[1]}", f"{second[0]} {first[1]}"]
+        entries["run01/class_labels.txt"] = ("\n".join(lines) + "\n").encode()
+
+    source = mutated_source(tmp_path / "src", synthetic_source, "all_runs.zip", swap)
+    write_params(synthetic_project, {"index": {"expected_fingerprint": None,
+                                               "expected_runs_fingerprint": pinned}})
+    fetched = run_stage(synthetic_project, "fetch", source)
+    assert fetched.returncode == 0, fetched.stderr
+    index_fails(synthetic_project, "index.expected_runs_fingerprint", "all_runs.zip")
 
 
 def test_run_image_without_evaluation_twin(synthetic_project, synthetic_source, tmp_path):

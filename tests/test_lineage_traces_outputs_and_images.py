@@ -92,7 +92,7 @@ def test_image_lineage_gives_its_file_role_pairs_and_trials(synthetic_data_root,
     out = io.StringIO()
     monkeypatch.chdir(synthetic_data_root)
     lineage.run(str(query), out=out)
-    assert f"image {query}: data/raw/omniglot/{row['path']}" in out.getvalue()
+    assert f"image {query}: {row['path']} in data/raw/images_" in out.getvalue()
     assert f"{first['trial_set']} {first['n_way']}-way trial {first['trial_id']} (query)" \
         in out.getvalue()
     with pytest.raises(PipelineError, match=f"image_id {len(images)} is not in"):
