@@ -16,6 +16,7 @@ STAGES = {
     "fetch": "download or copy the Omniglot zips, verify their checksums, unpack them",
     "index": "index the images into Parquet manifests and pack their pixels",
     "split": "assign each image a role: train, valid, holdout or test",
+    "audit": "find duplicate images across roles (leaks); reports/audit.md",
     "pairs": "sample same/different pairs for training and verification",
     "trials": "sample n-way one-shot trials, and map Lake's 20 runs",
     "train": "train the twin network",
