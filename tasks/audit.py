@@ -14,7 +14,7 @@ Three kinds of duplicate pairs are found:
   are bit-packed popcounts, computed blockwise over items sorted by their number of ink cells:
   two signatures differ in at least the difference of their counts, so each block is compared
   only with the window of counts within `near_bits` (about a third of all pairs, exactly the
-  same result). A copy shifted by one pixel differs in at most 14 cells on the real data.
+  same result). A copy shifted one pixel sideways differs in at most 14 cells on the real data.
 
 A pair is expected when it is a Lake run image and the evaluation image it was mapped to (they
 are re-encodings of the same drawing), and a leak when its roles are one of
@@ -43,7 +43,7 @@ PICTURES = paths.REPORTS / "audit"
 ROLES = ("train", "valid", "holdout", "test", "lake")
 KINDS = ("sha256", "pixels", "near")
 GRID = 16  # signature cells per side
-BLOCK = 256  # signatures compared at once: a block is a [256, window] table of uint8
+BLOCK = 256  # signatures compared at once: a block is a [256, window] table of distances
 LISTED = 10  # leaks named in the error message of on_leak: fail
 
 

@@ -14,7 +14,20 @@ import yaml
 
 from tasks import paths
 from tasks.errors import PipelineError
-from tasks.lineage import covers, emit, format_image, image_lineage, read_table
+from tasks.lineage import (
+    LOCK,
+    covers,
+    emit,
+    entry_hash,
+    file_md5,
+    format_image,
+    image_lineage,
+    load_lock,
+    producer,
+    read_table,
+)
+
+MANIFESTS = (paths.IMAGES, paths.LAKE_RUNS, paths.SPLIT, paths.PAIRS, paths.TRIALS)
 
 
 def image_id_of(root: Path, target: str) -> int:
@@ -91,8 +104,27 @@ def uses(record: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def check_lock(root: Path) -> None:
+    """Each manifest on disk must be what dvc.lock records (when there is one): an edited or
+    half-rebuilt manifest would answer for other data."""
+    if not (root / LOCK).exists():
+        return
+    stages = load_lock(root)
+    for target in MANIFESTS:
+        name = producer(stages, target.as_posix())
+        current = file_md5(root / target)
+        if name is None or current is None:
+            continue
+        recorded = next(entry_hash(o) for o in stages[name]["outs"]
+                        if o["path"] == target.as_posix())
+        if current != recorded:
+            raise PipelineError(f"{target}: md5 {current} differs from {recorded} in {LOCK}; "
+                                f"edited or not rebuilt? `dvc checkout {name}` or `dvc repro`")
+
+
 def reverse(target: str, root: Path | None = None) -> dict[str, Any]:
     root = (root or Path.cwd()).resolve()
+    check_lock(root)
     record = image_lineage(root, image_id_of(root, target))
     lake = read_table(root, paths.LAKE_RUNS)
     if lake is not None:

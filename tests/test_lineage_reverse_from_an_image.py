@@ -5,6 +5,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from tasks import paths, reverse
 from tasks.errors import PipelineError
@@ -58,6 +59,15 @@ def test_bad_images_are_one_line_errors(project):
     assert f"image_id {n} is not in" in done.stderr
     with pytest.raises(PipelineError, match="'nowhere.png': not an image of"):
         reverse.reverse("nowhere.png", project)
+
+
+def test_a_manifest_that_dvc_lock_does_not_record_is_an_error(project, tmp_path):
+    root = shutil.copytree(project, tmp_path / "p")
+    lock = {"schema": "2.0", "stages": {"index": {"cmd": "siamese index", "outs": [
+        {"path": paths.IMAGES.as_posix(), "md5": "0" * 32}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    with pytest.raises(PipelineError, match="images.parquet: md5 .* differs from 0{32} in dvc"):
+        reverse.reverse("0", root)
 
 
 def test_downstream_orders_stages_after_what_they_wait_for():
