@@ -1,6 +1,7 @@
 """`siamese lineage --diff A B`: what changed between two revisions of the project.
 
-A and B are git revisions or DVC experiment names (refs/exps). For each: params.yaml,
+A and B are git revisions, DVC experiment names (refs/exps) or Prefect flow-run ids (the
+revision the run recorded). For each: params.yaml,
 dvc.lock and reports/metrics.json as committed (`git show`), and the image and split
 manifests that dvc.lock names, read from the DVC cache by their md5. Nothing is checked out
 or written: the workspace stays as it is.
@@ -9,6 +10,7 @@ or written: the workspace stays as it is.
 import hashlib
 import io
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +24,7 @@ from tasks.lineage import covers, emit, entry_hash, flat_params, producer
 
 LOCK = "dvc.lock"
 SAMPLES = 10  # paths listed per kind of image change
+FLOW_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -29,7 +32,8 @@ def git(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def resolve(root: Path, name: str) -> str:
-    """The commit of a git revision, or of the DVC experiment called `name`."""
+    """The commit of a git revision, of the DVC experiment called `name`, or of the Prefect
+    flow run with that id (the git revision its provenance artifact records)."""
     done = git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
     if done.returncode == 0:
         return done.stdout.strip()
@@ -38,6 +42,10 @@ def resolve(root: Path, name: str) -> str:
         ref, commit = line.rsplit(" ", 1)
         if ref.rsplit("/", 1)[-1] == name:
             return commit
+    if FLOW_RUN_ID.fullmatch(name):
+        from tasks.runs import run_revision
+
+        return resolve(root, run_revision(name))
     raise PipelineError(f"{name!r}: neither a git revision nor a DVC experiment in {root}")
 
 

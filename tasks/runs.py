@@ -69,8 +69,10 @@ def run_record(flow_run: Any, artifacts: dict[str, Any], expected: str | None) -
     return record
 
 
-def read_runs(since: datetime | None) -> list[tuple[Any, dict[str, Any]]]:
-    """(flow run, {artifact key: artifact}) for the pipeline's runs, oldest first."""
+def read_runs(since: datetime | None, ids: list[Any] | None = None
+              ) -> list[tuple[Any, dict[str, Any]]]:
+    """(flow run, {artifact key: artifact}) for the pipeline's runs (started since `since`,
+    with one of `ids`), oldest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -84,7 +86,8 @@ def read_runs(since: datetime | None) -> list[tuple[Any, dict[str, Any]]]:
     from flows.pipeline import FLOW_NAME, check_api
 
     check_api()
-    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)) if since else None
+    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since) if since else None,
+                         id=FlowRunFilterId(any_=ids) if ids else None)
     with get_client(sync_client=True) as client:
         found = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
                                       flow_run_filter=when, sort=FlowRunSort.START_TIME_ASC)
@@ -94,6 +97,19 @@ def read_runs(since: datetime | None) -> list[tuple[Any, dict[str, Any]]]:
     for artifact in artifacts:
         by_run.setdefault(artifact.flow_run_id, {})[artifact.key] = artifact
     return [(r, by_run.get(r.id, {})) for r in found]
+
+
+def run_revision(run_id: str) -> str:
+    """The git revision that flow run `run_id` recorded in its provenance artifact."""
+    from uuid import UUID
+
+    found = read_runs(None, ids=[UUID(run_id)])
+    if not found:
+        raise PipelineError(f"flow run {run_id}: not on the Prefect server")
+    revision = run_record(*found[0], None)["git_revision"]
+    if revision in (None, "unknown"):
+        raise PipelineError(f"flow run {run_id}: recorded no git revision")
+    return revision
 
 
 def expected_fingerprint(root: Path) -> str | None:

@@ -67,3 +67,14 @@ def test_unreachable_server_and_bad_dates_are_one_line_errors(request, tmp_path)
     done = run([str(BIN / "siamese"), "lineage", "--runs", "--since", "yesterday"], tmp_path,
                check=False)
     assert done.returncode == 1 and "--since 'yesterday': not a date" in done.stderr
+
+
+def test_diff_takes_a_flow_run_id_for_the_revision_it_ran(two_runs):
+    from tasks import revisions
+    from tasks.errors import PipelineError
+
+    project, _, ids = two_runs
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert revisions.resolve(project, ids[0]) == head
+    with pytest.raises(PipelineError, match="flow run 00000000-0000-0000-0000-000000000000: not"):
+        revisions.resolve(project, "00000000-0000-0000-0000-000000000000")
