@@ -4,6 +4,7 @@ stops with the pair named, changing nothing already built."""
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,15 @@ from tasks import audit, paths
 from tasks.errors import PipelineError
 from tasks.images import load_pixels
 from tests.conftest import run_stage, snapshot
+from tests.flowkit import (  # noqa: F401
+    REPO,
+    flow_run_records,
+    git_commit_all,
+    init_repo,
+    latest_flow_run_id,
+    prefect_session,
+    run,
+)
 
 # The synthetic generator draws each drawer as the same strokes shifted by a pixel or two, so
 # within an alphabet every role is near-identical to the others by construction: these tests
@@ -148,3 +158,27 @@ def test_audit_stage_follows_split_and_train_does_not_wait_for_it():
                     audit.PICTURES.as_posix()]
     for name, stage in stages.items():
         assert not any(dep.startswith("reports/audit") for dep in stage.get("deps", [])), name
+
+
+@pytest.mark.slow
+def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic_project, request):
+    """The flow runs audit right after split: a leak fails it, and no later stage runs."""
+    request.getfixturevalue("prefect_session")
+    from flows.pipeline import run_pipeline
+
+    root = synthetic_project
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root)
+    set_audit(root, on_leak="fail")
+    init_repo(root)
+    run(["dvc", "commit", "-f", "-q", "fetch"], root)  # the planted images are fetch's output
+    git_commit_all(root, "planted")
+    with pytest.raises(PipelineError, match=f"(?s)stage 'audit' failed.*train image "
+                                            f"{planted['copy']} .* = test image"):
+        run_pipeline(repo=root)
+    tasks, _, _ = flow_run_records(latest_flow_run_id())
+    assert sorted(tasks) == ["audit", "fetch", "index", "split"]
+    assert tasks["audit"].state.is_failed()
+    assert tasks["split"].state.is_completed() and (root / paths.SPLIT).exists()
+    assert not (root / paths.MODEL).exists()  # pairs, trials, train, evaluate never started
