@@ -61,13 +61,14 @@ def audit_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def role_pairs(value: list[Any]) -> set[tuple[str, str]]:
-    """audit.leak_between as a set of ordered role pairs (ROLES order)."""
+    """audit.leak_between ("train/test", ...) as a set of role pairs in ROLES order."""
     found = set()
     for entry in value:
-        if not (isinstance(entry, list) and len(entry) == 2 and set(entry) <= set(ROLES)):
-            raise PipelineError(f"params.yaml: audit.leak_between: {entry!r} is not a pair of "
-                                f"roles from {', '.join(ROLES)}")
-        found.add(role_key(*entry))
+        roles = entry.split("/") if isinstance(entry, str) else []
+        if len(roles) != 2 or not set(roles) <= set(ROLES):
+            raise PipelineError(f"params.yaml: audit.leak_between: {entry!r} is not two roles "
+                                f"of {', '.join(ROLES)} as role/role")
+        found.add(role_key(*roles))
     return found
 
 

@@ -30,7 +30,7 @@ from tests.flowkit import (  # noqa: F401
 # The synthetic generator draws each drawer as the same strokes shifted by a pixel or two, so
 # within an alphabet every role is near-identical to the others by construction: these tests
 # count as leaks only what crosses from the train alphabets to the evaluation ones.
-ACROSS_ALPHABETS = {"leak_between": [["train", "test"], ["train", "lake"]]}
+ACROSS_ALPHABETS = {"leak_between": ["train/test", "train/lake"]}
 
 
 def set_audit(root: Path, **values) -> None:
@@ -138,7 +138,8 @@ def test_clean_synthetic_data_passes_on_leak_fail(synthetic_data_root, monkeypat
 
 @pytest.mark.parametrize(("values", "named"), [
     ({"on_leak": "explode"}, "audit.on_leak must be one of warn, fail"),
-    ({"leak_between": [["train", "nowhere"]]}, "audit.leak_between: ['train', 'nowhere']"),
+    ({"leak_between": ["train/nowhere"]}, "audit.leak_between: 'train/nowhere' is not"),
+    ({"leak_between": [["train", "test"]]}, "audit.leak_between: ['train', 'test'] is not"),
     ({"min_overlap": 2}, "audit.min_overlap must be <= 1.0"),
 ])
 def test_bad_audit_params_are_named(values, named):
