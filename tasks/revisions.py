@@ -105,11 +105,11 @@ def manifest_at(stages: dict[str, Any], target: Path, label: str, cache: Path) -
     data = path.read_bytes()
     if hashlib.md5(data).hexdigest() != md5:
         raise PipelineError(f"{path}: the DVC cache object of {target} at {label} does not "
-                            f"match its md5 {md5}; run `dvc cache` checks or fetch it again")
+                            f"match its md5 {md5}; delete it and `dvc fetch` it again")
     return pd.read_parquet(io.BytesIO(data))
 
 
-def images_at(root: Path, commit: str, label: str, cache) -> pd.DataFrame:
+def images_at(root: Path, commit: str, label: str, cache: Path) -> pd.DataFrame:
     """path -> sha256, role (None where no split was recorded) at one revision."""
     lock = yaml_at(root, commit, label, LOCK)
     stages = lock.get("stages", {}) if isinstance(lock, dict) else {}
