@@ -309,13 +309,17 @@ def draw_pair(record: dict[str, Any], packed: np.ndarray) -> bytes:
 
 
 def write_pictures(records: list[dict[str, Any]], packed: np.ndarray, count: int) -> list[str]:
-    """reports/audit/: one PNG per pair, leaks first, at most `count`; the folder as a whole."""
-    names = []
+    """reports/audit/: one PNG per pair of images (its first kind: same bytes are also same
+    pixels), leaks first, at most `count`; the folder is written as a whole."""
+    names: dict[tuple[int, int], str] = {}
     with atomic_path(PICTURES, is_dir=True) as tmp:
-        for record in records[:count]:
-            names.append(picture_name(record))
-            (tmp / names[-1]).write_bytes(draw_pair(record, packed))
-    return names
+        for record in records:
+            pair = (record["a"]["item"], record["b"]["item"])
+            if len(names) == count or pair in names:
+                continue
+            names[pair] = picture_name(record)
+            (tmp / names[pair]).write_bytes(draw_pair(record, packed))
+    return list(names.values())
 
 
 def summary(items: pd.DataFrame, pairs: pd.DataFrame, p: dict[str, Any],
