@@ -16,6 +16,7 @@ STAGES = {
     "fetch": "download or copy the Omniglot zips, verify their checksums, unpack them",
     "index": "index the images into Parquet manifests and pack their pixels",
     "split": "assign each image a role: train, valid, holdout or test",
+    "audit": "find duplicate images across roles (leaks); reports/audit.md",
     "pairs": "sample same/different pairs for training and verification",
     "trials": "sample n-way one-shot trials, and map Lake's 20 runs",
     "train": "train the twin network",
@@ -40,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
     classify.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
-    lineage = commands.add_parser("lineage", help="audit where a metric, model or image came from")
-    lineage.add_argument("target", help="reports/metrics.json, a model path, or an image_id")
+    lineage = commands.add_parser("lineage", help="audit where a metric, model or image came "
+                                  "from, what changed between revisions, the flow runs")
+    lineage.add_argument("target", nargs="?",
+                         help="reports/metrics.json, a model path, or an image (id or path)")
+    lineage.add_argument("--reverse", action="store_true",
+                         help="for an image: the artifacts and stages that depend on it")
+    lineage.add_argument("--diff", nargs=2, metavar=("A", "B"),
+                         help="what changed from A to B (git revisions or DVC experiments)")
+    lineage.add_argument("--runs", action="store_true", help="the flow runs of the Prefect server")
+    lineage.add_argument("--since", help="with --runs: only runs started since this date/time")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
 
     run = commands.add_parser("run", help="run the pipeline as a Prefect flow (one task per stage)")
@@ -88,9 +97,7 @@ def dispatch(args: argparse.Namespace) -> None:
 
         run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
     elif args.command == "lineage":
-        from tasks.lineage import run
-
-        run(args.target, as_json=args.json, out=sys.stdout)
+        lineage(args)
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
@@ -107,6 +114,27 @@ def dispatch(args: argparse.Namespace) -> None:
         from tasks.bench import run
 
         run(quick=args.quick)
+
+
+def lineage(args: argparse.Namespace) -> None:
+    """`siamese lineage`: one of TARGET, TARGET --reverse, --diff A B, --runs."""
+    modes = [args.target is not None, args.diff is not None, args.runs]
+    if sum(modes) != 1:
+        raise PipelineError("lineage: give one of TARGET, --diff A B or --runs")
+    if args.reverse and args.target is None or args.since and not args.runs:
+        raise PipelineError("lineage: --reverse goes with an image, --since with --runs")
+    if args.diff:
+        from tasks.revisions import run
+        run(*args.diff, as_json=args.json, out=sys.stdout)
+    elif args.runs:
+        from tasks.runs import run
+        run(since=args.since, as_json=args.json, out=sys.stdout)
+    elif args.reverse:
+        from tasks.reverse import run
+        run(args.target, as_json=args.json, out=sys.stdout)
+    else:
+        from tasks.lineage import run
+        run(args.target, as_json=args.json, out=sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

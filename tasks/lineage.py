@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -346,13 +347,16 @@ def lineage(target: str, root: Path | None = None) -> dict[str, Any]:
     return artifact_lineage(root, target)
 
 
+def emit(record: dict[str, Any], lines: Callable[[dict[str, Any]], list[str]], as_json: bool,
+         out: TextIO | None) -> None:
+    """Print a lineage record: as JSON, or as the lines that `lines` makes of it."""
+    out = out or sys.stdout
+    text = json.dumps(record, indent=2, default=str) if as_json else "\n".join(lines(record))
+    out.write(text + "\n")
+
+
 def run(target: str, as_json: bool = False, out: TextIO | None = None) -> dict[str, Any]:
     """`siamese lineage TARGET [--json]`: print the lineage of `target` and return it."""
-    out = out or sys.stdout
     record = lineage(target)
-    if as_json:
-        out.write(json.dumps(record, indent=2, default=str) + "\n")
-    else:
-        lines = format_image(record) if "image_id" in record else format_artifact(record)
-        out.write("\n".join(lines) + "\n")
+    emit(record, format_image if "image_id" in record else format_artifact, as_json, out)
     return record

@@ -1,0 +1,80 @@
+"""`siamese lineage --runs`: the pipeline's flow runs on the Prefect server, read back from the
+artifacts each run leaves; a fingerprint other than the expected one is flagged."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tasks import runs
+from tasks.lineage import params_digest
+from tests.flowkit import BIN, make_tiny_project, prefect_session, run  # noqa: F401
+
+pytestmark = pytest.mark.slow  # Prefect's temporary server and two flow runs: ~35 s
+
+
+@pytest.fixture(scope="module")
+def two_runs(request, tmp_path_factory):
+    """The tiny project run twice as a flow (all stages, then none): (project, since, ids)."""
+    request.getfixturevalue("prefect_session")
+    from flows.pipeline import pipeline_flow
+
+    project = make_tiny_project(tmp_path_factory.mktemp("runs") / "tiny")
+    since = datetime.now(UTC).isoformat()
+    ids = [str(pipeline_flow(repo=str(project), return_state=True).state_details.flow_run_id)
+           for _ in range(2)]
+    return project, since, ids
+
+
+def test_runs_lists_each_run_with_its_provenance_and_metrics(two_runs):
+    project, since, ids = two_runs
+    rec = runs.list_runs(since=since, root=project)
+    assert [r["id"] for r in rec["runs"]] == ids
+    first, second = rec["runs"]
+    stages = ["fetch", "index", "train", "evaluate"]
+    assert first["stages"] == dict.fromkeys(stages, "ran")
+    assert second["stages"] == dict.fromkeys(stages, "up to date")
+    fingerprint = json.loads((project / "data/manifests/dataset.json").read_text())["fingerprint"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    for r in rec["runs"]:
+        assert r["state"] == "Completed" and r["fingerprint"] == fingerprint
+        assert r["git_revision"] == head and r["dirty"] is False
+        assert r["params_digest"] == params_digest(project)
+        assert r["metrics"] == {"valid/20-way/accuracy": 0.75}
+        assert r["unexpected_fingerprint"] is None  # the tiny project expects none
+    text = "\n".join(runs.format_runs(rec))
+    assert text.startswith(f"2 flow run(s) since {since}") and "valid/20-way 0.75" in text
+
+
+def test_a_run_with_another_fingerprint_is_flagged(two_runs, tmp_path):
+    project, since, _ = two_runs
+    (tmp_path / "params.yaml").write_text("index:\n  expected_fingerprint: '0000'\n")
+    rec = runs.list_runs(since=since, root=tmp_path)
+    assert [r["unexpected_fingerprint"] for r in rec["runs"]] == [True, True]
+    assert "**UNEXPECTED**" in "\n".join(runs.format_runs(rec))
+    assert runs.list_runs(since="2999-01-01", root=project)["runs"] == []
+
+
+def test_unreachable_server_and_bad_dates_are_one_line_errors(request, tmp_path):
+    request.getfixturevalue("prefect_session")  # before prefect is first imported
+    from flows.pipeline import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    done = run([str(BIN / "siamese"), "lineage", "--runs"], tmp_path, check=False,
+               PREFECT_API_URL=url)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert f"PREFECT_API_URL={url}: the Prefect server does not answer" in done.stderr
+    done = run([str(BIN / "siamese"), "lineage", "--runs", "--since", "yesterday"], tmp_path,
+               check=False)
+    assert done.returncode == 1 and "--since 'yesterday': not a date" in done.stderr
+
+
+def test_diff_takes_a_flow_run_id_for_the_revision_it_ran(two_runs):
+    from tasks import revisions
+    from tasks.errors import PipelineError
+
+    project, _, ids = two_runs
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert revisions.resolve(project, ids[0]) == head
+    with pytest.raises(PipelineError, match="flow run 00000000-0000-0000-0000-000000000000: not"):
+        revisions.resolve(project, "00000000-0000-0000-0000-000000000000")
