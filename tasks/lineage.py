@@ -258,8 +258,7 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
     keys = ("subset", "alphabet", "character", "character_id", "drawer", "path", "sha256")
     record: dict[str, Any] = {"image_id": image_id}
     record.update({k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keys})
-    zip_name, entry = locate(row["path"])
-    record["file"] = f"{entry} in {(paths.RAW / zip_name).as_posix()}"
+    record["file"] = (paths.RAW / locate(row["path"])[0]).as_posix()  # the zip holding it
     split = read_table(root, paths.SPLIT)
     if split is not None:
         roles = split.loc[split["image_id"] == image_id, "role"]
@@ -322,7 +321,7 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
 
 
 def format_image(rec: dict[str, Any]) -> list[str]:
-    lines = [f"image {rec['image_id']}: {rec['file']}"]
+    lines = [f"image {rec['image_id']}: {rec['path']} in {rec['file']}"]
     lines += [f"  {k}: {rec[k]}" for k in ("subset", "alphabet", "character", "character_id",
                                            "drawer", "sha256", "role") if k in rec]
     if rec.get("pairs_by_role") is not None:

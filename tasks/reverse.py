@@ -1,10 +1,10 @@
 """`siamese lineage IMAGE --reverse`: what depends on one image.
 
-The image (an image_id, its path in the manifest or under data/raw/omniglot, or a file of
-Lake's runs) is traced forward: the manifests rows that name it (Lake's runs, its role, the
+The image (an image_id, its path in the manifest, which is its path inside its zip, or a file
+of Lake's runs) is traced forward: the manifests rows that name it (Lake's runs, its role, the
 pairs and trials that use it), what that means for the model and the metrics, and the stages
 of dvc.yaml that would rerun if its file changed, found by walking the deps of dvc.yaml from
-the folder that holds it. Reads only; writes nothing.
+the zip that holds it. Reads only; writes nothing.
 """
 
 from pathlib import Path
@@ -31,18 +31,16 @@ MANIFESTS = (paths.IMAGES, paths.LAKE_RUNS, paths.SPLIT, paths.PAIRS, paths.TRIA
 
 
 def image_id_of(root: Path, target: str) -> int:
-    """The image_id that `target` names: an id, a manifest path, a raw path or a run file."""
+    """The image_id that `target` names: an id, a manifest path or a run file."""
     if target.strip().isdigit():
         return int(target)
     images = read_table(root, paths.IMAGES, ["image_id", "path"])
     if images is None:
         raise PipelineError(f"{paths.IMAGES}: not found; run the `index` stage first")
-    raw = paths.RAW.as_posix() + "/"
-    name = target[len(raw):] if target.startswith(raw) else target
-    found = images.loc[images["path"] == name, "image_id"]
+    found = images.loc[images["path"] == target, "image_id"]
     if found.empty:
         lake = read_table(root, paths.LAKE_RUNS, ["file", "image_id"])
-        found = lake.loc[lake["file"] == name, "image_id"] if lake is not None else found
+        found = lake.loc[lake["file"] == target, "image_id"] if lake is not None else found
     if found.empty:
         raise PipelineError(f"{target!r}: not an image of {paths.IMAGES} nor a file of "
                             "Lake's runs; give an image_id or a path like "

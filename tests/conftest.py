@@ -89,6 +89,23 @@ def mutated_source(folder: Path, source: Path, zip_name: str,
     return folder
 
 
+def replace_in_raw(root: Path, replacements: dict[str, bytes]) -> None:
+    """Rewrite the zips in root/data/raw with the files at manifest `paths` replaced, as if
+    the source had shipped other bytes for them."""
+    from tasks.zips import locate
+
+    by_zip: dict[str, dict[str, bytes]] = {}
+    for path, data in replacements.items():
+        zip_name, entry = locate(path)
+        by_zip.setdefault(zip_name, {})[entry] = data
+    for zip_name, edits in by_zip.items():
+        zip_path = root / "data" / "raw" / zip_name
+        with zipfile.ZipFile(zip_path) as zf:
+            entries = {name: zf.read(name) for name in zf.namelist()}
+        entries.update(edits)
+        write_zip(zip_path, entries)
+
+
 def write_sums(folder: Path) -> None:
     """folder/SHA256SUMS for the zips in `folder`."""
     lines = [f"{hashlib.sha256(z.read_bytes()).hexdigest()}  {z.name}"

@@ -16,7 +16,8 @@ from PIL import Image
 from tasks import audit, paths
 from tasks.errors import PipelineError
 from tasks.images import load_pixels
-from tests.conftest import run_stage, snapshot
+from tasks.zips import read_files
+from tests.conftest import replace_in_raw, run_stage, snapshot
 from tests.flowkit import (  # noqa: F401
     REPO,
     flow_run_records,
@@ -40,9 +41,9 @@ def set_audit(root: Path, **values) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def shifted_png(path: Path) -> bytes:
-    """The image at `path` moved one pixel right (no other synthetic drawer is drawn so)."""
-    with Image.open(path) as img:
+def shifted_png(png: bytes) -> bytes:
+    """The image `png` moved one pixel right (no other synthetic drawer is drawn so)."""
+    with Image.open(io.BytesIO(png)) as img:
         ink = np.asarray(img.convert("L")) < 128
     moved = np.zeros_like(ink)
     moved[:, 1:] = ink[:, :-1]
@@ -63,11 +64,10 @@ def planted(synthetic_project) -> dict[str, int]:
     test = roles.index[roles == "test"]
     ids = {"copy_of": int(next(i for i in test if i in in_runs)), "copy": int(train[0]),
            "shift_of": int(next(i for i in test if i not in in_runs)), "shift": int(train[-1])}
-    raw = root / paths.RAW
-    (raw / images.at[ids["copy"], "path"]).write_bytes(
-        (raw / images.at[ids["copy_of"], "path"]).read_bytes())
-    (raw / images.at[ids["shift"], "path"]).write_bytes(
-        shifted_png(raw / images.at[ids["shift_of"], "path"]))
+    copy_of, shift_of = read_files(root / paths.RAW, [images.at[ids["copy_of"], "path"],
+                                                       images.at[ids["shift_of"], "path"]])
+    replace_in_raw(root, {images.at[ids["copy"], "path"]: copy_of,
+                          images.at[ids["shift"], "path"]: shifted_png(shift_of)})
     set_audit(root, **ACROSS_ALPHABETS)
     for stage in ("index", "split"):
         done = run_stage(root, stage, "unused")

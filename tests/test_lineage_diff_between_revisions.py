@@ -10,6 +10,8 @@ import pytest
 
 from tasks import paths, revisions
 from tasks.errors import PipelineError
+from tasks.zips import read_files
+from tests.conftest import replace_in_raw
 from tests.flowkit import BIN, REPO, git_commit_all, init_repo, run, set_param
 
 STAGES = ("index", "split")
@@ -33,8 +35,8 @@ def history(tmp_path_factory, synthetic_data_root) -> tuple[Path, str]:
     run(["dvc", "commit", "-f", "-q", *STAGES], root)
     git_commit_all(root, "A")
     changed = "images_background/Alpha/character01/0001_01.png"
-    donor = root / paths.RAW / "images_background/Alpha/character02/0002_01.png"
-    (root / paths.RAW / changed).write_bytes(donor.read_bytes())
+    donor = "images_background/Alpha/character02/0002_01.png"
+    replace_in_raw(root, {changed: read_files(root / paths.RAW, [donor])[0]})
     set_param(root, "train", "lr", 0.001)
     rebuild(root)
     git_commit_all(root, "B")
