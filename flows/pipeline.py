@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows import remote
 from tasks import paths
 from tasks.errors import PipelineError
 from tasks.lineage import dataset_fingerprint, git_revision, params_digest
@@ -207,17 +208,33 @@ def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
     )
 
 
+@task(name="dvc-pull")
+def pull_task(root: str) -> list[str]:
+    """Restore what the default DVC remote holds (nothing without one); the outputs it lacks."""
+    return remote.pull(root)
+
+
+@task(name="dvc-push")
+def push_task(root: str) -> int:
+    """Push the outputs and the run cache to the default DVC remote (nothing without one)."""
+    return remote.push(root)
+
+
 @flow(name=FLOW_NAME, log_prints=True)
-def pipeline_flow(repo: str = ".", force: bool = False) -> list[dict[str, Any]]:
-    """Run every stage of dvc.yaml as its own task, upstream first; stop at the first failure."""
+def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> list[dict[str, Any]]:
+    """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
+    first (stop at the first failure), then push if `push`."""
     root = Path(repo).resolve()
     results: list[dict[str, Any]] = []
     try:
+        pull_task(str(root))
         for stage in pipeline_stages(root):
             state = stage_task(stage)(stage, str(root), force, return_state=True)
             if state.is_failed():
                 return Failed(message=state.message)  # the later stages do not run
             results.append(state.result())
+        if push:
+            push_task(str(root))
     finally:
         try:
             publish_artifacts(root, results)
@@ -254,14 +271,15 @@ def check_api() -> None:
         )
 
 
-def run_pipeline(force: bool = False, repo: Path | str = ".") -> list[dict[str, Any]]:
+def run_pipeline(force: bool = False, repo: Path | str = ".",
+                 push: bool = False) -> list[dict[str, Any]]:
     """`siamese run`: run the flow, print a per-stage summary, return the stage results."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
         raise PipelineError(f"{root / 'dvc.yaml'}: not found; run from the repository root")
     check_api()
     start = time.monotonic()
-    state = pipeline_flow(repo=str(root), force=force, return_state=True)
+    state = pipeline_flow(repo=str(root), force=force, push=push, return_state=True)
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, PipelineError):
