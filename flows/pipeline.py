@@ -227,13 +227,15 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
     root = Path(repo).resolve()
     results: list[dict[str, Any]] = []
     try:
-        pull_task(str(root))
+        with_remote = not remote.skipped(root, "dvc pull" + (" and push" if push else ""))
+        if with_remote:
+            pull_task(str(root))
         for stage in pipeline_stages(root):
             state = stage_task(stage)(stage, str(root), force, return_state=True)
             if state.is_failed():
                 return Failed(message=state.message)  # the later stages do not run
             results.append(state.result())
-        if push:
+        if push and with_remote:
             push_task(str(root))
     finally:
         try:

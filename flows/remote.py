@@ -14,7 +14,7 @@ loses a file to a failed or partial pull.
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,14 @@ def default_remote(root: Path) -> Remote | None:
     return Remote(name, str(config["remote"][name]["url"]))
 
 
+def skipped(root: Path, action: str) -> bool:
+    """True, after one line saying so, when `root` has no default remote to `action` with."""
+    if default_remote(root) is not None:
+        return False
+    print(f"{action}: skipped, no DVC remote is configured (`dvc remote add -d NAME URL`)")
+    return True
+
+
 @contextmanager
 def quiet_dvc() -> Iterator[None]:
     """DVC's warnings are multi-line lists of hashes; this module says what matters itself."""
@@ -68,8 +76,8 @@ def lock_holder(root: Path) -> str:
     """The process that holds DVC's lock, from the pid zc.lockfile writes into it."""
     try:
         pid = (root / LOCK).read_text().strip()
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        return f"pid {pid}: {command.strip()}"
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return f"pid {pid}: {' '.join(raw.split())[:120]}"
     except (OSError, ValueError):
         return "another process"
 
@@ -103,9 +111,26 @@ def open_remote(repo: Any, remote: Remote, write: bool = False) -> Any:
         raise PipelineError(f"{remote}: unreachable: {reason}") from None
     if store.fs.protocol == "local":
         check_folder(Path(store.path), remote, write)
+    elif store.fs.protocol in ("http", "https"):
+        probe_http(remote)
     elif not exists and not write:
         print(f"{remote}: empty (nothing pushed yet)")
     return store.odb
+
+
+def probe_http(remote: Remote) -> None:
+    """DVC's HTTP file system reports a server that does not answer as missing files."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(remote.url, method="HEAD"), timeout=20):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers, if only with an error status
+    except OSError as e:
+        reason = getattr(e, "reason", e)
+        raise PipelineError(f"{remote}: unreachable: {reason}") from None
 
 
 def check_folder(path: Path, remote: Remote, write: bool) -> None:
@@ -156,20 +181,24 @@ def sort_lacking(lacking: list[Any], held: dict[str, bool]) -> tuple[list[str], 
 
 
 def fetch(repo: Any, remote: Remote) -> None:
+    """Objects the remote lacks are not a failure here (sort_lacking names them); objects it
+    holds that did not come are: a connection or permission fault."""
     from dvc.exceptions import DownloadError
 
-    with suppress(DownloadError):  # some objects did not come: sort_lacking names them
+    try:
         repo.fetch(remote=remote.name, run_cache=True)
+    except DownloadError as e:
+        raise PipelineError(f"{remote}: unreachable: {e.amount} files failed to download, nothing "
+                            "was checked out; rerun when it answers") from None
 
 
 def pull(root: Path | str = ".") -> list[str]:
     """`siamese pull`: restore every output of dvc.lock that the default remote holds, and the
     run cache; return the outputs it lacks (their stages rebuild them). No remote: nothing."""
     root = Path(root).resolve()
-    remote = default_remote(root)
-    if remote is None:
-        print("dvc pull: skipped, no DVC remote is configured (`dvc remote add -d ...`)")
+    if skipped(root, "dvc pull"):
         return []
+    remote = default_remote(root)
     with locked_repo(root) as repo:
         odb = open_remote(repo, remote)
         outs = cached_outs(repo)
@@ -210,10 +239,9 @@ def push(root: Path | str = ".") -> int:
     from dvc.exceptions import UploadError
 
     root = Path(root).resolve()
-    remote = default_remote(root)
-    if remote is None:
-        print("dvc push: skipped, no DVC remote is configured (`dvc remote add -d ...`)")
+    if skipped(root, "dvc push"):
         return 0
+    remote = default_remote(root)
     with locked_repo(root) as repo:
         open_remote(repo, remote, write=True)
         try:
