@@ -208,13 +208,13 @@ def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
     )
 
 
-@task(name="dvc-pull")
+@task(name="dvc-pull", task_run_name="dvc-pull")
 def pull_task(root: str) -> list[str]:
     """Restore what the default DVC remote holds (nothing without one); the outputs it lacks."""
     return remote.pull(root)
 
 
-@task(name="dvc-push")
+@task(name="dvc-push", task_run_name="dvc-push")
 def push_task(root: str) -> int:
     """Push the outputs and the run cache to the default DVC remote (nothing without one)."""
     return remote.push(root)

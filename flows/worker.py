@@ -44,8 +44,8 @@ def changed_files(root: Path) -> list[str]:
     return [p for p in changed if not any(p == w or p.startswith(f"{w}/") for w in written)]
 
 
-def enter_checkout(variable: str = VARIABLE) -> dict[str, str]:
-    """Check that $variable names a clean git checkout of this project, and chdir into it."""
+def checked_checkout(variable: str) -> Path:
+    """The folder $variable names, once it is known to be a clean git checkout of the project."""
     value = os.environ.get(variable, "")
     if not value:
         raise PipelineError(f"{variable} is not set in the worker's environment: start it as "
@@ -60,5 +60,29 @@ def enter_checkout(variable: str = VARIABLE) -> dict[str, str]:
         shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
         raise PipelineError(f"{variable}={value}: the checkout has uncommitted changes to tracked "
                             f"files ({shown}); commit or stash them, runs use committed code")
+    return root
+
+
+def fail_flow_run(message: str) -> None:
+    """Fail the flow run with `message`: a pull step's exception reaches only the worker's
+    output, and the run's state would say just that its process exited with status 1."""
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Failed(message=message), force=True)
+
+
+def enter_checkout(variable: str = VARIABLE) -> dict[str, str]:
+    """The pull step: enter the clean git checkout of the project that $variable names; else
+    fail the flow run saying why."""
+    try:
+        root = checked_checkout(variable)
+    except PipelineError as e:
+        fail_flow_run(str(e))
+        raise
     os.chdir(root)
     return {"directory": str(root)}
