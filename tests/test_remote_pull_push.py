@@ -74,6 +74,22 @@ def test_without_a_remote_pull_and_push_say_so_and_succeed(tmp_path):
                                        "(`dvc remote add -d NAME URL`)")
 
 
+@pytest.mark.slow
+def test_siamese_run_pulls_first_and_pushes_with_push(tmp_path):
+    project = make_tiny_project(tmp_path / "tiny")
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    run(["dvc", "remote", "add", "-d", "storage", str(storage)], project)
+    git_commit_all(project, "a remote")
+    done = run([str(BIN / "siamese"), "run", "--push"], project,
+               PREFECT_HOME=str(tmp_path / "home"))
+    output = done.stdout + done.stderr
+    assert "dvc pull: 0 outputs restored from DVC remote 'storage'" in output
+    assert "files sent to DVC remote 'storage'" in output
+    assert object_path(storage, project, MODEL).read_text() == "lr=0.25"
+    assert "4 stages: 4 ran" in done.stdout
+
+
 def test_a_fresh_clone_restores_everything_and_nothing_reruns(clone):
     root, _ = clone
     start = time.monotonic()
