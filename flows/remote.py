@@ -85,19 +85,23 @@ def lock_holder(root: Path) -> str:
 @contextmanager
 def locked_repo(root: Path) -> Iterator[Any]:
     """dvc.repo.Repo at `root`, holding DVC's lock (.dvc/tmp/lock) throughout; a lock held
-    elsewhere is a PipelineError naming it and its holder."""
+    elsewhere, or any other fault DVC reports, is a one-line PipelineError."""
+    from dvc.exceptions import DvcException
     from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
 
-    with Repo(str(root)) as repo, quiet_dvc(), ExitStack() as stack:
-        try:
-            stack.enter_context(lock_repo(repo))
-        except LockError:
-            raise PipelineError(
-                f"DVC's lock {root / LOCK} is held by {lock_holder(root)}; wait for that DVC "
-                "command to end, then rerun"
-            ) from None
-        yield repo
+    try:
+        with Repo(str(root)) as repo, quiet_dvc(), ExitStack() as stack:
+            try:
+                stack.enter_context(lock_repo(repo))
+            except LockError:
+                raise PipelineError(
+                    f"DVC's lock {root / LOCK} is held by {lock_holder(root)}; wait for that DVC "
+                    "command to end, then rerun"
+                ) from None
+            yield repo
+    except DvcException as e:
+        raise PipelineError(f"dvc: {' '.join(str(e).split())}") from None
 
 
 def open_remote(repo: Any, remote: Remote, write: bool = False) -> Any:
@@ -188,8 +192,8 @@ def fetch(repo: Any, remote: Remote) -> None:
     try:
         repo.fetch(remote=remote.name, run_cache=True)
     except DownloadError as e:
-        raise PipelineError(f"{remote}: unreachable: {e.amount} files failed to download, nothing "
-                            "was checked out; rerun when it answers") from None
+        raise PipelineError(f"{remote}: {e.amount} files failed to download (unreachable, or no "
+                            "permission); nothing was checked out, rerun when it answers") from None
 
 
 def pull(root: Path | str = ".") -> list[str]:
@@ -247,6 +251,7 @@ def push(root: Path | str = ".") -> int:
         try:
             count = repo.push(remote=remote.name, run_cache=True)
         except UploadError as e:
-            raise PipelineError(f"{remote}: {e.amount} files failed to upload; rerun") from None
+            raise PipelineError(f"{remote}: {e.amount} files failed to upload (unreachable, or no "
+                                "permission); rerun when it answers") from None
     print(f"dvc push: {count} files sent to {remote}")
     return count
