@@ -1,4 +1,5 @@
-# `make pipeline`: set up and run the whole pipeline (dvc repro) on real Omniglot.
+# `make pipeline`: set up, restore what the default DVC remote holds (none: skipped), then
+# run the whole pipeline (dvc repro) on real Omniglot.
 # `make test`: set up and run the checks and the test suite (what CI runs).
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -29,6 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 pipeline: setup
+	siamese pull
 	dvc repro
 	dvc metrics show
 

@@ -28,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows import remote
 from tasks import paths
 from tasks.errors import PipelineError
 from tasks.lineage import dataset_fingerprint, git_revision, params_digest
@@ -231,12 +232,28 @@ def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
     )
 
 
+@task(name="dvc-pull", task_run_name="dvc-pull")
+def pull_task(root: str) -> list[str]:
+    """Restore what the default DVC remote holds (nothing without one); the outputs it lacks."""
+    return remote.pull(root)
+
+
+@task(name="dvc-push", task_run_name="dvc-push")
+def push_task(root: str) -> int:
+    """Push the outputs and the run cache to the default DVC remote (nothing without one)."""
+    return remote.push(root)
+
+
 @flow(name=FLOW_NAME, log_prints=True)
-def pipeline_flow(repo: str = ".", force: bool = False) -> list[dict[str, Any]]:
-    """Run every stage of dvc.yaml as its own task, upstream first; stop at the first failure."""
+def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> list[dict[str, Any]]:
+    """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
+    first (stop at the first failure), then push if `push`."""
     root = Path(repo).resolve()
     results: list[dict[str, Any]] = []
     try:
+        with_remote = not remote.skipped(root, "dvc pull" + (" and push" if push else ""))
+        if with_remote:
+            pull_task(str(root))
         stages = pipeline_stages(root)
         changed = set(stages) if force else changed_stages(root)
         for stage in stages:
@@ -248,6 +265,8 @@ def pipeline_flow(repo: str = ".", force: bool = False) -> list[dict[str, Any]]:
             if state.is_failed():
                 return Failed(message=state.message)  # the later stages do not run
             results.append(state.result())
+        if push and with_remote:
+            push_task(str(root))
     finally:
         try:
             publish_artifacts(root, results)
@@ -284,14 +303,15 @@ def check_api() -> None:
         )
 
 
-def run_pipeline(force: bool = False, repo: Path | str = ".") -> list[dict[str, Any]]:
+def run_pipeline(force: bool = False, repo: Path | str = ".",
+                 push: bool = False) -> list[dict[str, Any]]:
     """`siamese run`: run the flow, print a per-stage summary, return the stage results."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
         raise PipelineError(f"{root / 'dvc.yaml'}: not found; run from the repository root")
     check_api()
     start = time.monotonic()
-    state = pipeline_flow(repo=str(root), force=force, return_state=True)
+    state = pipeline_flow(repo=str(root), force=force, push=push, return_state=True)
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, PipelineError):

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline as a Prefect flow (one task per stage)")
     run.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
+    run.add_argument("--push", action="store_true",
+                     help="at the end, push the outputs and run cache to the default DVC remote")
+    commands.add_parser("pull", help="restore the outputs of dvc.lock from the default DVC remote")
+    commands.add_parser("push", help="push the outputs and run cache to the default DVC remote")
 
     serve = commands.add_parser("serve", help="serve the pipeline flow on a Prefect schedule")
     when = serve.add_mutually_exclusive_group(required=True)
@@ -101,7 +105,11 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
-        run_pipeline(force=args.force)
+        run_pipeline(force=args.force, push=args.push)
+    elif args.command in ("pull", "push"):
+        from flows import remote
+
+        getattr(remote, args.command)()
     elif args.command == "serve":
         from flows.pipeline import serve_pipeline
 

@@ -195,9 +195,9 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
     assert nightly["entrypoint"] == "flows/pipeline.py:pipeline_flow"
     assert found["sweep"]["parameters"]["grid"] == ["train.lr=0.001,0.002"]
-    # Each worker's own checkout: the pull step keeps the variable, read where the run starts.
-    step = nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
-    assert step["directory"] == "{{ $SIAMESE_REPO }}"
+    assert nightly["parameters"]["push"] is True
+    # Each worker's own checkout: the pull step names the variable, read where the run starts.
+    assert nightly["pull_steps"] == [{"flows.worker.enter_checkout": {"variable": "SIAMESE_REPO"}}]
 
 
 def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
