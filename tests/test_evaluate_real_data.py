@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks import classify, evaluate
+from tasks import classify, evaluate, paths
 from tasks.atomic import write_parquet
 from tasks.model import build_model, save_checkpoint
 from tasks.params import load_params
+from tasks.zips import read_files
 from tests.conftest import REPO
 
 TRIALS_PER_SET = 40  # per (trial_set, n_way): lake's first 40 are runs 1 and 2
@@ -93,11 +94,16 @@ def test_report_folder_holds_predictions_alphabets_pictures_and_report(evaluated
     assert all(f"](pictures/{p.name})" in report for p in pictures)
 
 
-def test_classify_on_lake_run01_gives_the_answers_of_evaluate(evaluated, real_data_root):
+def test_classify_on_lake_run01_gives_the_answers_of_evaluate(evaluated, real_data_root,
+                                                             tmp_path):
     root, _ = evaluated
-    raw = real_data_root / "data/raw/omniglot"
     lake = pd.read_parquet(root / "data/manifests/lake_runs.parquet")
     run = lake[lake["run"] == 1]
+    raw = tmp_path / "run01"  # the run's PNGs as a user has them: files on disk
+    for file, data in zip(run["file"], read_files(real_data_root / paths.RAW, list(run["file"])),
+                          strict=True):
+        (raw / file).parent.mkdir(parents=True, exist_ok=True)
+        (raw / file).write_bytes(data)
     support = [raw / f for f in run.loc[run["kind"] == "training", "file"]]
     query = [raw / f for f in run.loc[run["kind"] == "test", "file"]]
     table = classify.run(root / "models/model.pt", support, query, "cpu", out=io.StringIO())

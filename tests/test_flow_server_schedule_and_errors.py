@@ -210,12 +210,19 @@ def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
             env=cli_env(tmp_path / "home", PREFECT_RUNNER_POLL_FREQUENCY="1"),
         )
     try:
-        wait_for(lambda: COMPLETED_FLOW.search(log_path.read_text()), 180, "a scheduled run")
+        wait_for(lambda: len(COMPLETED_FLOW.findall(log_path.read_text())) >= 2, 240,
+                 "two scheduled runs")
     finally:
         left = stop_session(proc, 60)
     output = log_path.read_text()
     assert not left, f"left running after SIGTERM: {left}\n{output[-3000:]}"
     assert "starting a local Prefect server" in output
+    # `siamese lineage --runs` reads them back from the same Prefect home's database.
+    listed = run([str(BIN / "siamese"), "lineage", "--runs", "--json"], project,
+                 **cli_env(tmp_path / "home"))
+    served = [r for r in json.loads(listed.stdout)["runs"] if r["state"] == "Completed"]
+    assert len(served) >= 2 and all(r["deployment"] for r in served)
+    assert {r["stages"]["train"] for r in served[:2]} == {"ran", "up to date"}
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == ["evaluate", "fetch", "index", "train"]  # a run built all
     # SIGTERM cancels a run in flight (DVC may have removed that stage's outputs already);
