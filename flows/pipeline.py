@@ -222,7 +222,29 @@ def provenance_markdown(root: Path, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def changes_since_last_run(root: Path, this_run: str) -> str:
+    """`siamese lineage --diff` as Markdown, from the git revision of the pipeline's previous
+    completed flow run to this run's: what a scheduled run changed since the last one."""
+    from tasks import revisions, runs
+
+    current, _ = git_revision(root)
+    earlier = [runs.run_record(r, artifacts, None) for r, artifacts in runs.read_runs(None)
+               if str(r.id) != this_run and r.state_name == "Completed"]
+    previous = next((rec["git_revision"] for rec in reversed(earlier)
+                     if rec["git_revision"] not in (None, "unknown")), None)
+    if previous is None:
+        return "# Changes since the previous run\n\nNo earlier completed run to compare with.\n"
+    try:
+        return "\n".join(revisions.format_diff(revisions.diff(previous, current, root))) + "\n"
+    except PipelineError as e:
+        return f"# Changes since the previous run ({previous[:10]})\n\nNot compared: {e}\n"
+
+
 def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
+    """The metrics table and the provenance summary; for a deployment's (scheduled) run, also
+    what changed since the previous completed run."""
+    from prefect.runtime import deployment, flow_run
+
     rows = metrics_rows(root)
     if rows:
         create_table_artifact(rows, key="omniglot-metrics", description=f"{paths.METRICS}")
@@ -230,6 +252,11 @@ def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
         provenance_markdown(root, results), key="omniglot-provenance",
         description="data set fingerprint, params digest, git revision, reports",
     )
+    if deployment.id is not None:
+        create_markdown_artifact(
+            changes_since_last_run(root, flow_run.id), key="omniglot-changes",
+            description="siamese lineage --diff from the previous completed run to this one",
+        )
 
 
 @task(name="dvc-pull", task_run_name="dvc-pull")

@@ -156,7 +156,16 @@ def test_a_held_dvc_lock_or_a_dirty_checkout_fails_the_run_saying_why_and_a_retr
     assert locked["state_type"] == "FAILED"
     assert f"DVC's lock {second / '.dvc/tmp/lock'} is held by pid {holder.pid}" in \
         locked["state"]["message"]
-    assert run_once(second, home, server)["state_type"] == "COMPLETED"  # the retry
+    retry = run_once(second, home, server)
+    assert retry["state_type"] == "COMPLETED"
+    # A deployment's run says what changed since the previous completed one: here the first
+    # test's run, at the origin's commit, which has no dvc.lock yet to compare with.
+    changes = api(server, "/artifacts/filter", {"artifacts": {"key": {"any_": [
+        "omniglot-changes"]}}, "flow_runs": {"id": {"any_": [retry["id"]]}}})
+    first = run(["git", "rev-parse", "HEAD~1"], second).stdout.strip()
+    assert [c["data"] for c in changes] == [
+        f"# Changes since the previous run ({first[:10]})\n\n"
+        f"Not compared: dvc.lock: not in revision {first}\n"]
 
     with open(second / "params.yaml", "a") as f:
         f.write("# an uncommitted edit\n")
