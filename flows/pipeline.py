@@ -71,16 +71,14 @@ def changed_stages(root: Path) -> set[str] | None:
     """The stages whose status DVC reports (changed deps, params, code or outputs), asked once
     in this process under DVC's repository lock; None when DVC cannot tell (the lock held by
     another DVC process, say): then every stage asks `dvc repro`, which reports the problem."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     try:
-        with Repo(str(root)) as repo, lock_repo(repo), warnings.catch_warnings():
+        with remote.locked_repo(root) as repo, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return {address(stage, repo.root_dir) for stage in repo.index.stages
                     if isinstance(stage, PipelineStage) and stage.status()}
-    except DvcException:
+    except PipelineError:
         return None
 
 
@@ -278,7 +276,8 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
     root = Path(repo).resolve()
     results: list[dict[str, Any]] = []
     try:
-        with_remote = not remote.skipped(root, "dvc pull" + (" and push" if push else ""))
+        action = "dvc pull" + (" and push" if push else "")
+        with_remote = remote.configured(root, action) is not None
         if with_remote:
             pull_task(str(root))
         stages = pipeline_stages(root)

@@ -50,12 +50,12 @@ def default_remote(root: Path) -> Remote | None:
     return Remote(name, str(config["remote"][name]["url"]))
 
 
-def skipped(root: Path, action: str) -> bool:
-    """True, after one line saying so, when `root` has no default remote to `action` with."""
-    if default_remote(root) is not None:
-        return False
-    print(f"{action}: skipped, no DVC remote is configured (`dvc remote add -d NAME URL`)")
-    return True
+def configured(root: Path, action: str) -> Remote | None:
+    """The default remote to `action` with; None, after one line saying so, when there is none."""
+    remote = default_remote(root)
+    if remote is None:
+        print(f"{action}: skipped, no DVC remote is configured (`dvc remote add -d NAME URL`)")
+    return remote
 
 
 @contextmanager
@@ -200,9 +200,9 @@ def pull(root: Path | str = ".") -> list[str]:
     """`siamese pull`: restore every output of dvc.lock that the default remote holds, and the
     run cache; return the outputs it lacks (their stages rebuild them). No remote: nothing."""
     root = Path(root).resolve()
-    if skipped(root, "dvc pull"):
+    remote = configured(root, "dvc pull")
+    if remote is None:
         return []
-    remote = default_remote(root)
     with locked_repo(root) as repo:
         odb = open_remote(repo, remote)
         outs = cached_outs(repo)
@@ -243,9 +243,9 @@ def push(root: Path | str = ".") -> int:
     from dvc.exceptions import UploadError
 
     root = Path(root).resolve()
-    if skipped(root, "dvc push"):
+    remote = configured(root, "dvc push")
+    if remote is None:
         return 0
-    remote = default_remote(root)
     with locked_repo(root) as repo:
         open_remote(repo, remote, write=True)
         try:
