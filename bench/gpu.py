@@ -217,8 +217,8 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
     import numpy as np
     import torch
 
-    from tasks.bench import pair_flops, step_runner
     from tasks.train import next_batch
+    from tools.bench import pair_flops, step_runner
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
     dev = torch.device(device)
@@ -236,7 +236,7 @@ def profile_step_s(params: dict[str, Any], data, device: str) -> float:
     """Seconds of one training step of Koch's network (its own objective), median of 5."""
     import torch
 
-    from tasks.bench import step_runner
+    from tools.bench import step_runner
 
     step, _ = step_runner(train_cfg(params, device), data, torch.device(device))
     return timed(step, 5, 2, device)
@@ -248,11 +248,11 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from tasks import paths
+    from siamese import paths
+    from siamese.images import load_pixels
+    from siamese.model import load_model
+    from siamese.scoring import credit, trial_scores
     from tasks.evaluate import EmbeddingTable, accuracy_entry, embedding_table, needed_ids
-    from tasks.images import load_pixels
-    from tasks.model import load_model
-    from tasks.scoring import credit, trial_scores
 
     model, meta = load_model(paths.MODEL, device)
     pixels = load_pixels(paths.PIXELS)
@@ -285,8 +285,9 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
     stood_in = install_stand_ins()
     import torch
 
-    from tasks import paths, train
-    from tasks.images import load_pixels  # noqa: F401  (fails early if the tree is broken)
+    from siamese import paths
+    from siamese.images import load_pixels  # noqa: F401  (fails early if the tree is broken)
+    from tasks import train
 
     device = "cpu" if smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():

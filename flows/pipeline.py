@@ -29,9 +29,9 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import remote
-from tasks import paths
-from tasks.errors import PipelineError
-from tasks.lineage import dataset_fingerprint, git_revision, params_digest
+from siamese import paths
+from siamese.errors import PipelineError
+from tools.lineage import dataset_fingerprint, git_revision, params_digest
 
 FLOW_NAME = "omniglot-pipeline"
 # Stages whose faults can pass (a download): (retries, first delay in seconds; it doubles).
@@ -223,7 +223,7 @@ def provenance_markdown(root: Path, results: list[dict[str, Any]]) -> str:
 def changes_since_last_run(root: Path, this_run: str) -> str:
     """`siamese lineage --diff` as Markdown, from the git revision of the pipeline's previous
     completed flow run to this run's: what a scheduled run changed since the last one."""
-    from tasks import revisions, runs
+    from tools import revisions, runs
 
     current, _ = git_revision(root)
     earlier = [runs.run_record(r, artifacts, None) for r, artifacts in runs.read_runs(None)

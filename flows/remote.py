@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 LOCK = Path(".dvc") / "tmp" / "lock"
 

@@ -25,9 +25,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Failed, State
 
 from flows.pipeline import check_api, flatten, run_logged
-from tasks.atomic import write_text
-from tasks.errors import PipelineError
-from tasks.params import load_params
+from siamese.atomic import write_text
+from siamese.errors import PipelineError
+from siamese.params import load_params
 
 SWEEPS = Path("reports/sweep")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 VARIABLE = "SIAMESE_REPO"
 

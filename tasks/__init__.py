@@ -1,1 +1,1 @@
-"""Pipeline stages of the siamese one-shot Omniglot project: one module per stage."""
+"""The pipeline stages, one module per stage of dvc.yaml, each plain functions + `run(params)`."""

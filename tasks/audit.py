@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.atomic import atomic_path, write_json, write_text
-from tasks.errors import PipelineError
-from tasks.images import load_pixels, pack
-from tasks.params import get, get_choice, get_float, get_int, section
+from siamese import paths
+from siamese.atomic import atomic_path, write_json, write_text
+from siamese.errors import PipelineError
+from siamese.images import load_pixels, pack
+from siamese.params import get, get_choice, get_float, get_int, section
 
 REPORT_JSON = paths.REPORTS / "audit.json"
 REPORT_MD = paths.REPORTS / "audit.md"

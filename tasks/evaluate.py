@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks import paths
-from tasks.atomic import atomic_path, write_json, write_parquet, write_text
-from tasks.errors import PipelineError
-from tasks.images import load_pixels, to_tensor
-from tasks.model import load_model, resolve_device
-from tasks.params import get, get_int, section
-from tasks.scoring import credit, embed_images, trial_scores
+from siamese import paths
+from siamese.atomic import atomic_path, write_json, write_parquet, write_text
+from siamese.errors import PipelineError
+from siamese.images import load_pixels, to_tensor
+from siamese.model import load_model, resolve_device
+from siamese.params import get, get_int, section
+from siamese.scoring import credit, embed_images, trial_scores
 
 REPORT_DIR = paths.REPORTS / "evaluate"
 Z95 = 1.959963984540054  # two-sided 95% normal quantile

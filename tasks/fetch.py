@@ -2,7 +2,7 @@
 
 The source is a URL base (the authors' repository; an md5 from params for every file) or a
 local folder whose SHA256SUMS lists every file. Every zip is also checked for integrity (CRC),
-layout and size limits (tasks/zips.py), so a truncated, repacked or hostile file is an error
+layout and size limits (siamese/zips.py), so a truncated, repacked or hostile file is an error
 that names it. The zips land in data/raw only when all three are good, each under a temporary
 name first, so a failure leaves the previous ones intact. Nothing is unpacked: index reads the
 PNGs out of the zips, and DVC tracks three files instead of 32,460.
@@ -20,11 +20,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tasks import paths
-from tasks.atomic import atomic_path
-from tasks.errors import PipelineError
-from tasks.params import get, get_int, section
-from tasks.zips import ZIPS, check_zip
+from siamese import paths
+from siamese.atomic import atomic_path
+from siamese.errors import PipelineError
+from siamese.params import get, get_int, section
+from siamese.zips import ZIPS, check_zip
 
 CHUNK = 1 << 20
 

@@ -1,6 +1,6 @@
 """index: validate the Omniglot zips, and build the image and Lake-run manifests.
 
-Reads the PNGs straight out of the three zips in data/raw (tasks/zips.py) and writes
+Reads the PNGs straight out of the three zips in data/raw (siamese/zips.py) and writes
 data/manifests/images.parquet (one row per PNG, sorted by path; image_id = row),
 data/packed/pixels.npy (the ink masks, bit-packed, row = image_id), data/manifests/dataset.json,
 data/manifests/lake_runs.parquet (each run image mapped to the evaluation image with equal
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.atomic import write_json, write_npy, write_parquet
-from tasks.errors import PipelineError
-from tasks.images import decode_png, pack
-from tasks.params import get_int, section
-from tasks.zips import (
+from siamese import paths
+from siamese.atomic import write_json, write_npy, write_parquet
+from siamese.errors import PipelineError
+from siamese.images import decode_png, pack
+from siamese.params import get_int, section
+from siamese.zips import (
     BACKGROUND_ZIP,
     EVALUATION_ZIP,
     RUNS_ZIP,
@@ -47,7 +47,7 @@ FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of a zip: its manifest path (see tasks/zips.py) and its bytes."""
+    """One file of a zip: its manifest path (see siamese/zips.py) and its bytes."""
 
     path: str
     data: bytes
@@ -70,7 +70,7 @@ def index_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_zip(zip_path: Path) -> list[Entry]:
-    """Every file of the zip (checked by tasks/zips.py), sorted by manifest path."""
+    """Every file of the zip (checked by siamese/zips.py), sorted by manifest path."""
     with open_zip(zip_path) as (zf, files):
         entries = [Entry(manifest_path(zip_path.name, info.filename),
                          read_entry(zf, info, zip_path)) for info in files]

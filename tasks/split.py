@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.atomic import write_parquet
-from tasks.errors import PipelineError
-from tasks.params import get_choice, get_int, section
+from siamese import paths
+from siamese.atomic import write_parquet
+from siamese.errors import PipelineError
+from siamese.params import get_choice, get_int, section
 
 ROLES = ("train", "valid", "holdout", "test")
 KOCH_TRAIN_ALPHABETS = 30

@@ -32,25 +32,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tasks import paths
-from tasks.atomic import atomic_path, write_json
-from tasks.augment import distort
-from tasks.errors import PipelineError
-from tasks.images import load_pixels, to_tensor
-from tasks.model import (
+from siamese import paths
+from siamese.atomic import atomic_path, write_json
+from siamese.augment import distort
+from siamese.errors import PipelineError
+from siamese.images import load_pixels, to_tensor
+from siamese.model import (
     SiameseNet,
     build_model,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
 )
-from tasks.params import check_range, get_choice, get_float, get_int, section
-from tasks.scoring import credit, embed_images, trial_scores
+from siamese.params import check_range, get_choice, get_float, get_int, section
+from siamese.scoring import credit, embed_images, trial_scores
 
 LAST = paths.CHECKPOINTS / "last.pt"
 CURVES = paths.TRAIN_LIVE / "curves.png"
 JSON_LOG = paths.TRAIN_LIVE / "log.jsonl"
-CODE = tuple(Path(__file__).with_name(name) for name in ("train.py", "model.py", "augment.py"))
+LIBRARY = Path(paths.__file__).parent
+CODE = (Path(__file__), LIBRARY / "model.py", LIBRARY / "augment.py")
 LOG_POINTS = 5  # loss / lr log points per evaluation interval
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.atomic import write_parquet
-from tasks.errors import PipelineError
-from tasks.params import get, get_int, section
+from siamese import paths
+from siamese.atomic import write_parquet
+from siamese.errors import PipelineError
+from siamese.params import get, get_int, section
 
 SETS = (("valid", "valid"), ("evaluation", "test"))
 COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer"]

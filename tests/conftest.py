@@ -92,7 +92,7 @@ def mutated_source(folder: Path, source: Path, zip_name: str,
 def replace_in_raw(root: Path, replacements: dict[str, bytes]) -> None:
     """Rewrite the zips in root/data/raw with the files at manifest `paths` replaced, as if
     the source had shipped other bytes for them."""
-    from tasks.zips import locate
+    from siamese.zips import locate
 
     by_zip: dict[str, dict[str, bytes]] = {}
     for path, data in replacements.items():
@@ -139,7 +139,7 @@ def real_data_root(tmp_path_factory, shared_data) -> Path:
     """A project folder where `siamese fetch` ... `siamese trials` ran on the real Omniglot.
 
     Built once per session with the project's params.yaml; read-only for tests (e.g.
-    `real_data_root / tasks.paths.PIXELS`). Copy it before changing anything.
+    `real_data_root / siamese.paths.PIXELS`). Copy it before changing anything.
     """
     return build_data(tmp_path_factory.mktemp("real-data"), shared_data, None)
 

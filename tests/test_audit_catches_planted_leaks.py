@@ -13,10 +13,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks import audit, paths
-from tasks.errors import PipelineError
-from tasks.images import load_pixels
-from tasks.zips import read_files
+from siamese import paths
+from siamese.errors import PipelineError
+from siamese.images import load_pixels
+from siamese.zips import read_files
+from tasks import audit
 from tests.conftest import replace_in_raw, run_stage, snapshot
 from tests.flowkit import (  # noqa: F401
     REPO,
@@ -81,7 +82,7 @@ def ends(record: dict) -> tuple:
 
 
 def test_audit_finds_the_planted_duplicates(planted, synthetic_project, monkeypatch):
-    from tasks.params import load_params
+    from siamese.params import load_params
 
     monkeypatch.chdir(synthetic_project)
     report = audit.run(load_params())

@@ -7,9 +7,10 @@ import time
 import pandas as pd
 import pytest
 
-from tasks import audit, paths
-from tasks.images import load_pixels
-from tasks.params import load_params
+from siamese import paths
+from siamese.images import load_pixels
+from siamese.params import load_params
+from tasks import audit
 
 pytestmark = pytest.mark.slow  # the real data set (built once per session) and ~15 s of audit
 

@@ -1,6 +1,6 @@
 import torch
 
-from tasks.augment import distort, random_affine
+from siamese.augment import distort, random_affine
 
 
 def stroke_batch() -> torch.Tensor:

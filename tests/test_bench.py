@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import bench
 from tests.conftest import build_data
 from tests.synthetic import Layout, make_source
+from tools import bench
 
 REPO = Path(__file__).resolve().parents[1]
 # Alphabets of 21 characters: enough for the 20-way validation trials that train.py needs.
@@ -69,7 +69,7 @@ def test_bench_baselines_compute_what_the_project_computes(tiny_bench):
 
 
 def test_koch_network_costs_10_9_gflop_per_training_pair():
-    from tasks.model import build_model
+    from siamese.model import build_model
 
     assert bench.pair_flops(build_model("koch", 105), 105) == pytest.approx(10.9e9, rel=0.005)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks import classify
-from tasks.cli import main
-from tasks.errors import PipelineError
-from tasks.model import build_model, save_checkpoint
+from siamese.errors import PipelineError
+from siamese.model import build_model, save_checkpoint
+from tools import classify
+from tools.cli import main
 
 
 def save_model(path: Path) -> Path:
@@ -121,7 +121,7 @@ def test_unusable_device_is_named_not_blamed_on_the_checkpoint(files, device, me
 
 
 def test_transparent_background_reads_as_paper(files):
-    from tasks.images import read_image_file
+    from siamese.images import read_image_file
 
     ink = stroke_image(1, 105, 105) == 0
     assert (read_image_file(files["ring-transparent.png"]) == ink).all()

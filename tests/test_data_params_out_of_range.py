@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import paths
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.errors import PipelineError
+from siamese.params import load_params
 from tasks.fetch import fetch_params
 from tasks.index import index_params
 from tasks.pairs import build_pairs
-from tasks.params import load_params
 from tasks.split import split_images
 from tasks.trials import build_trials
 from tests.conftest import SYNTHETIC_PARAMS, run_stage, snapshot, write_params

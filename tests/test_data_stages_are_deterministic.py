@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from tasks import paths
+from siamese import paths
 from tests.conftest import build_data
 
 ARTIFACTS = (paths.IMAGES, paths.LAKE_RUNS, paths.DATASET, paths.PIXELS, paths.SPLIT,

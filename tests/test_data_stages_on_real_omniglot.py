@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import paths
-from tasks.images import decode_png, load_pixels
-from tasks.params import load_params
+from siamese import paths
+from siamese.images import decode_png, load_pixels
+from siamese.params import load_params
+from siamese.zips import read_files
 from tasks.split import split_images
 from tasks.trials import build_trials
-from tasks.zips import read_files
 
 FINGERPRINT = "5428cfccab0ad8d259495c8dd142f6e155c0899146a46fcb391faff018979ebe"
 

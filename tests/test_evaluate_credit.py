@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from siamese.atomic import write_json, write_npy, write_parquet
+from siamese.errors import PipelineError
+from siamese.images import pack
+from siamese.model import build_model, save_checkpoint
+from siamese.params import load_params
 from tasks import evaluate
-from tasks.atomic import write_json, write_npy, write_parquet
-from tasks.errors import PipelineError
-from tasks.images import pack
-from tasks.model import build_model, save_checkpoint
-from tasks.params import load_params
 from tests.conftest import REPO
 
 ALPHABETS = ("Alpha", "Beta")

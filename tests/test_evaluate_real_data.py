@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks import classify, evaluate, paths
-from tasks.atomic import write_parquet
-from tasks.model import build_model, save_checkpoint
-from tasks.params import load_params
-from tasks.zips import read_files
+from siamese import paths
+from siamese.atomic import write_parquet
+from siamese.model import build_model, save_checkpoint
+from siamese.params import load_params
+from siamese.zips import read_files
+from tasks import evaluate
 from tests.conftest import REPO
+from tools import classify
 
 TRIALS_PER_SET = 40  # per (trial_set, n_way): lake's first 40 are runs 1 and 2
 VALID_PAIRS = 400

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import paths
-from tasks.zips import ZIPS
+from siamese import paths
+from siamese.zips import ZIPS
 from tests.conftest import mutated_source, run_stage, snapshot, write_params, write_sums
 
 

@@ -100,13 +100,13 @@ def test_each_stage_is_a_task_run_with_its_log_retries_and_artifacts(
     assert fingerprint in markdown and head in markdown
     assert "changed since" not in markdown  # dvc.lock and .gitignore are new, not changed
     assert "reports/evaluate/picture.txt" in markdown
-    from tasks.lineage import params_digest
+    from tools.lineage import params_digest
 
     assert params_digest(project) in markdown
 
 
 def test_failing_stage_fails_its_task_and_stops_the_flow(pipeline, project):
-    from tasks.errors import PipelineError
+    from siamese.errors import PipelineError
 
     run(["dvc", "repro"], project)
     commit(project, "built")

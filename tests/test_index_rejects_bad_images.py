@@ -9,7 +9,7 @@ import zipfile
 
 from PIL import Image
 
-from tasks import paths
+from siamese import paths
 from tests.conftest import mutated_source, run_stage, snapshot, write_params
 from tests.synthetic import png_bytes
 

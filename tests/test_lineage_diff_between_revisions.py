@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import paths, revisions
-from tasks.errors import PipelineError
-from tasks.zips import read_files
+from siamese import paths
+from siamese.errors import PipelineError
+from siamese.zips import read_files
 from tests.conftest import replace_in_raw
 from tests.flowkit import BIN, REPO, git_commit_all, init_repo, run, set_param
+from tools import revisions
 
 STAGES = ("index", "split")
 

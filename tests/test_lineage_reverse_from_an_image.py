@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks import paths, reverse
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.errors import PipelineError
 from tests.flowkit import BIN, REPO, run
+from tools import reverse
 
 DOWNSTREAM = ["index", "split", "audit", "pairs", "trials", "train", "evaluate"]
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tasks import runs
-from tasks.lineage import params_digest
 from tests.flowkit import BIN, make_tiny_project, prefect_session, run  # noqa: F401
+from tools import runs
+from tools.lineage import params_digest
 
 pytestmark = pytest.mark.slow  # Prefect's temporary server and two flow runs: ~35 s
 
@@ -70,8 +70,8 @@ def test_unreachable_server_and_bad_dates_are_one_line_errors(request, tmp_path)
 
 
 def test_diff_takes_a_flow_run_id_for_the_revision_it_ran(two_runs):
-    from tasks import revisions
-    from tasks.errors import PipelineError
+    from siamese.errors import PipelineError
+    from tools import revisions
 
     project, _, ids = two_runs
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()

@@ -7,9 +7,10 @@ import subprocess
 import pandas as pd
 import pytest
 
-from tasks import lineage, paths
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.errors import PipelineError
 from tests.flowkit import BIN, make_tiny_project, run, set_param
+from tools import lineage
 
 
 @pytest.fixture(scope="module")

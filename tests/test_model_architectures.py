@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tasks.errors import PipelineError
-from tasks.model import build_model
+from siamese.errors import PipelineError
+from siamese.model import build_model
 
 
 def count(model: torch.nn.Module) -> int:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tasks.errors import PipelineError
-from tasks.model import build_model, load_model, save_checkpoint
+from siamese.errors import PipelineError
+from siamese.model import build_model, load_model, save_checkpoint
 
 META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc"}
 

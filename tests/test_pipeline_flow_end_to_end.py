@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks import lineage, paths
+from siamese import paths
 from tests.conftest import SYNTHETIC_PARAMS, write_sums
 from tests.flowkit import (  # noqa: F401
     REPO,
@@ -28,6 +28,7 @@ from tests.flowkit import (  # noqa: F401
     prefect_session,
     run,
 )
+from tools import lineage
 
 pytestmark = pytest.mark.slow
 STAGES = ["fetch", "index", "split", "audit", "pairs", "trials", "train", "evaluate"]

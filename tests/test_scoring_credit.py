@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.errors import PipelineError
-from tasks.model import SiameseNet
-from tasks.scoring import credit, trial_scores
+from siamese.errors import PipelineError
+from siamese.model import SiameseNet
+from siamese.scoring import credit, trial_scores
 
 N_IMAGES, N_WAY, CHARACTERS = 60, 5, 30
 

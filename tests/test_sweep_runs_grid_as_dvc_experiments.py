@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 from tests.flowkit import git_commit_all, make_tiny_project, prefect_session, run  # noqa: F401
 
 

@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from tasks.model import load_model
+from siamese.model import load_model
 from tests.training import train_project
 
 
@@ -13,7 +13,7 @@ def test_two_process_torchrun_on_cpu_trains_and_writes_a_checkpoint(tmp_path,
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "tasks.cli", "train", "--device", "cpu"],
+         "-m", "tools.cli", "train", "--device", "cpu"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     model, meta = load_model(tmp_path / "models/model.pt", "cpu")

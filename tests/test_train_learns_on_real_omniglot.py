@@ -2,10 +2,10 @@ import time
 
 import pandas as pd
 
-from tasks import paths
-from tasks.images import load_pixels, to_tensor
-from tasks.model import load_model
-from tasks.scoring import credit, embed_images, trial_scores
+from siamese import paths
+from siamese.images import load_pixels, to_tensor
+from siamese.model import load_model
+from siamese.scoring import credit, embed_images, trial_scores
 from tests.training import train_project
 
 SHORT = {"steps": 120, "eval_every": 120, "episode_alphabets": 4, "episode_characters": 10,

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import PipelineError
-from tasks.model import build_model
+from siamese.errors import PipelineError
+from siamese.model import build_model
 from tasks.train import make_optimizer, parse_config
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tasks.train
-from tasks import paths
+from siamese import paths
 from tests.training import train_project, weights
 
 TINY = {"steps": 24, "eval_every": 8, "episode_alphabets": 2, "episode_characters": 4,

@@ -2,8 +2,8 @@ import json
 import sys
 
 import tasks.train
-from tasks import paths
-from tasks.model import load_model
+from siamese import paths
+from siamese.model import load_model
 from tests.training import train_project
 
 

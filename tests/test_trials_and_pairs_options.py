@@ -4,9 +4,9 @@
 import numpy as np
 import pandas as pd
 
-from tasks import paths
+from siamese import paths
+from siamese.params import load_params
 from tasks.pairs import build_pairs
-from tasks.params import load_params
 from tasks.trials import sample_trials
 from tests.conftest import run_stage
 

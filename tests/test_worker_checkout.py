@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.worker import enter_checkout
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 from tests.flowkit import make_tiny_project, run
 
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tasks import paths
-from tasks.errors import PipelineError
-from tasks.lineage import emit
+from siamese import paths
+from siamese.errors import PipelineError
+from tools.lineage import emit
 
 HEADLINE = ("evaluation/20-way/accuracy", "lake/20-way/accuracy", "valid/20-way/accuracy",
             "verification/accuracy")
@@ -113,7 +113,7 @@ def run_revision(run_id: str) -> str:
 
 
 def expected_fingerprint(root: Path) -> str | None:
-    from tasks.params import load_params
+    from siamese.params import load_params
 
     path = root / paths.PARAMS
     return load_params(path).get("index", {}).get("expected_fingerprint") if path.exists() \

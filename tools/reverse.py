@@ -12,9 +12,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from tasks import paths
-from tasks.errors import PipelineError
-from tasks.lineage import (
+from siamese import paths
+from siamese.errors import PipelineError
+from tools.lineage import (
     LOCK,
     covers,
     emit,

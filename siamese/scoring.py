@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 
 def embed_images(model, images: torch.Tensor, ids: np.ndarray, device: torch.device | str,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 SIZE = 105
 

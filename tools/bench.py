@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks import paths
-from tasks.atomic import write_json, write_text
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.atomic import write_json, write_text
+from siamese.errors import PipelineError
 
 DATA_STAGES = ("index", "split", "pairs", "trials")  # fetch: see bench_stages
 KOCH_FLOP_PER_PAIR = 10.9e9  # forward + backward of both twins at 105x105 (see pair_flops)
@@ -128,12 +128,12 @@ def bench_stages(scratch: Path) -> dict[str, Any]:
     source (OMNIGLOT_SOURCE, or fetch.source when it is a folder), which times fetch too, or
     else linked to the project's data/raw, so the project's own artifacts are never touched.
     """
+    from siamese.params import load_params
     from tasks.fetch import fetch_params, is_url
-    from tasks.params import load_params
 
     shutil.copy(paths.PARAMS, scratch / paths.PARAMS)
     env = child_env()
-    imports = "import tasks.index, tasks.split, tasks.pairs, tasks.trials, tasks.cli"
+    imports = "import tasks.index, tasks.split, tasks.pairs, tasks.trials, tools.cli"
     out: dict[str, Any] = {"imports only": run_child([sys.executable, "-c", imports], scratch, env)}
     source = fetch_params(load_params(paths.PARAMS))["source"]
     if is_url(source):
@@ -141,12 +141,12 @@ def bench_stages(scratch: Path) -> dict[str, Any]:
         (scratch / paths.RAW).symlink_to(paths.RAW.resolve(), target_is_directory=True)
         out["fetch"] = {"skipped": "the source is a URL; set OMNIGLOT_SOURCE to a folder"}
     else:
-        out["fetch"] = run_child([sys.executable, "-m", "tasks.cli", "fetch"], scratch,
+        out["fetch"] = run_child([sys.executable, "-m", "tools.cli", "fetch"], scratch,
                                  {**env, "OMNIGLOT_SOURCE": str(Path(source).resolve())})
     outputs = {"index": paths.IMAGES, "split": paths.SPLIT, "pairs": paths.PAIRS,
                "trials": paths.TRIALS}
     for stage in DATA_STAGES:
-        entry = run_child([sys.executable, "-m", "tasks.cli", stage], scratch, env)
+        entry = run_child([sys.executable, "-m", "tools.cli", stage], scratch, env)
         rows = len(pd.read_parquet(scratch / outputs[stage], columns=[]))
         unit = "images" if stage == "index" else "rows"
         entry.update({unit: rows, f"{unit}_per_s": round(rows / entry["seconds"], 1)})
@@ -157,9 +157,9 @@ def bench_stages(scratch: Path) -> dict[str, Any]:
 
 def bench_pack(scratch: Path) -> dict[str, Any]:
     """The index stage's packing alone, in this process: the ink masks it just wrote, packed
-    and written again (tasks.images.pack + the atomic write)."""
-    from tasks.atomic import write_npy
-    from tasks.images import load_pixels, pack
+    and written again (siamese.images.pack + the atomic write)."""
+    from siamese.atomic import write_npy
+    from siamese.images import load_pixels, pack
 
     pixels = load_pixels(scratch / paths.PIXELS)
     start = time.perf_counter()
@@ -185,7 +185,7 @@ def unpack_pngs(folder: Path) -> Path:
     itself reads them out of the zips). Returns the folder that image paths are relative to."""
     import zipfile
 
-    from tasks.zips import BACKGROUND_ZIP, EVALUATION_ZIP
+    from siamese.zips import BACKGROUND_ZIP, EVALUATION_ZIP
 
     for name in (BACKGROUND_ZIP, EVALUATION_ZIP):
         with zipfile.ZipFile(paths.RAW / name) as zf:
@@ -196,7 +196,7 @@ def unpack_pngs(folder: Path) -> Path:
 def seed_batch(pngs: Path, files: np.ndarray, left: np.ndarray, right: np.ndarray,
                size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's input path: both PNGs of every pair read from disk, for every batch."""
-    from tasks.images import to_tensor
+    from siamese.images import to_tensor
 
     x1 = np.stack([png_ink(pngs / files[i]) for i in left])
     x2 = np.stack([png_ink(pngs / files[i]) for i in right])
@@ -266,8 +266,8 @@ def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
 
 
 def bench_augment(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> dict[str, Any]:
-    """tasks.augment.distort alone on a batch of pairs, at each training size."""
-    from tasks.augment import distort
+    """siamese.augment.distort alone on a batch of pairs, at each training size."""
+    from siamese.augment import distort
 
     p = float(params.get("train", {}).get("augment_probability", 0.5))
     gen = torch.Generator().manual_seed(0)
@@ -313,7 +313,7 @@ def step_runner(cfg, data, device: torch.device | None = None, load: Loader | No
     """(step, net): one optimisation step as train.py's loop does it (next_batch, the
     objective under bf16 autocast on CUDA, backward, optimizer step) on a fresh model; with
     `load`, the batch comes from that loader instead (the seed's way)."""
-    from tasks.model import build_model
+    from siamese.model import build_model
     from tasks.train import EpisodeLoss, PairLoss, make_optimizer, next_batch
 
     device = device or torch.device("cpu")
@@ -409,7 +409,7 @@ class EmbedCounter:
 def seed_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame) -> np.ndarray:
     """The seed's scoring [T, n]: per trial, n tiled copies of the query and the n candidates
     (preprocessed as in training) through the whole twin, so each trial costs 2n embeddings."""
-    from tasks.images import to_tensor
+    from siamese.images import to_tensor
 
     net = getattr(model, "module", model).eval()
     out = []
@@ -424,9 +424,9 @@ def seed_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame) -> np.nda
 def project_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame,
                          batch_size: int) -> np.ndarray:
     """The evaluate stage's scoring: each image the trials name embedded once (embedding_table),
-    then tasks.scoring.trial_scores runs the head alone on the table."""
+    then siamese.scoring.trial_scores runs the head alone on the table."""
+    from siamese.scoring import trial_scores
     from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids
-    from tasks.scoring import trial_scores
 
     no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
     table = embedding_table(model, pixels, needed_ids(trials, no_pairs), "cpu", batch_size)
@@ -463,7 +463,7 @@ def compare_scoring(model, pixels: np.ndarray, trials: pd.DataFrame, seed_trials
 
 def eval_model(params: dict[str, Any]):
     """The trained model if there is one, else a fresh one of the train profile (same speed)."""
-    from tasks.model import build_model, load_model
+    from siamese.model import build_model, load_model
 
     if paths.MODEL.is_file():
         model, meta = load_model(paths.MODEL, "cpu")
@@ -476,8 +476,8 @@ def eval_model(params: dict[str, Any]):
 
 def bench_eval(params: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     """The evaluate stage's trial scoring against the seed's, per trial set at its largest n."""
+    from siamese.images import load_pixels
     from tasks.evaluate import read_config
-    from tasks.images import load_pixels
 
     model, which = eval_model(params)
     pixels = load_pixels(paths.PIXELS)
@@ -547,7 +547,7 @@ def bench_pipeline(stages: int, noop: dict[str, Any]) -> dict[str, Any]:
     empty = "from prefect import flow\nflow(name='empty')(lambda: None)()"
     try:
         start = run_child([sys.executable, "-c", empty], Path("."), pipeline_env())
-        flow = run_child([sys.executable, "-m", "tasks.cli", "run"], Path("."), pipeline_env())
+        flow = run_child([sys.executable, "-m", "tools.cli", "run"], Path("."), pipeline_env())
     except PipelineError as e:
         return {"skipped": str(e)[-300:]}
     return {
@@ -576,7 +576,7 @@ def machine() -> dict[str, Any]:
 
 
 def check_inputs() -> None:
-    from tasks.zips import ZIPS
+    from siamese.zips import ZIPS
 
     needed = (*(paths.RAW / name for name in ZIPS), paths.IMAGES, paths.PIXELS, paths.SPLIT,
               paths.PAIRS, paths.TRIALS)
@@ -595,7 +595,7 @@ def count_stages() -> int:
 
 def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
     """`siamese bench [--quick]`: measure, print the table, write reports/bench.{json,md}."""
-    from tasks.params import load_params
+    from siamese.params import load_params
 
     sizes = sizes or (QUICK if quick else FULL)
     check_inputs()

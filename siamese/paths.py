@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 PARAMS = Path("params.yaml")
-RAW = Path("data/raw")  # the three verified zips, named in tasks/zips.py
+RAW = Path("data/raw")  # the three verified zips, named in siamese/zips.py
 MANIFESTS = Path("data/manifests")
 IMAGES = MANIFESTS / "images.parquet"
 LAKE_RUNS = MANIFESTS / "lake_runs.parquet"

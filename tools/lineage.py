@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from tasks import paths
-from tasks.errors import PipelineError
-from tasks.zips import locate
+from siamese import paths
+from siamese.errors import PipelineError
+from siamese.zips import locate
 
 LOCK = Path("dvc.lock")
 

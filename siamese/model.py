@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.atomic import atomic_path
-from tasks.errors import PipelineError
+from siamese.atomic import atomic_path
+from siamese.errors import PipelineError
 
 ARCHS = ("koch", "compact")
 INITS = ("default", "koch")

@@ -2,7 +2,7 @@
 
 Images of any size and format go through the training preprocessing (read_image_file, then
 to_tensor at the checkpoint's image_size), and are scored as one n-way trial per query with
-the code that scores the evaluation trials (tasks.scoring.trial_scores).
+the code that scores the evaluation trials (siamese.scoring.trial_scores).
 """
 
 import csv
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.errors import PipelineError
-from tasks.images import read_image_file, to_tensor
-from tasks.model import load_model, resolve_device
-from tasks.scoring import trial_scores
+from siamese.errors import PipelineError
+from siamese.images import read_image_file, to_tensor
+from siamese.model import load_model, resolve_device
+from siamese.scoring import trial_scores
 
 
 def read_images(files: Sequence[Path], size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from tasks.errors import PipelineError
+from siamese.errors import PipelineError
 
 BACKGROUND_ZIP = "images_background.zip"
 EVALUATION_ZIP = "images_evaluation.zip"

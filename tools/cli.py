@@ -9,8 +9,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from tasks import paths
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.errors import PipelineError
 
 STAGES = {
     "fetch": "download or copy the Omniglot zips, verify their checksums, unpack them",
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> None:
     if args.command in STAGES:
-        from tasks.params import load_params
+        from siamese.params import load_params
 
         params = load_params(args.params)
         module = importlib.import_module(f"tasks.{args.command}")
@@ -97,7 +97,7 @@ def dispatch(args: argparse.Namespace) -> None:
         else:
             module.run(params)
     elif args.command == "classify":
-        from tasks.classify import run
+        from tools.classify import run
 
         run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
     elif args.command == "lineage":
@@ -119,7 +119,7 @@ def dispatch(args: argparse.Namespace) -> None:
 
         run_sweep(args.grid, jobs=args.jobs)
     elif args.command == "bench":
-        from tasks.bench import run
+        from tools.bench import run
 
         run(quick=args.quick)
 
@@ -132,16 +132,16 @@ def lineage(args: argparse.Namespace) -> None:
     if args.reverse and args.target is None or args.since and not args.runs:
         raise PipelineError("lineage: --reverse goes with an image, --since with --runs")
     if args.diff:
-        from tasks.revisions import run
+        from tools.revisions import run
         run(*args.diff, as_json=args.json, out=sys.stdout)
     elif args.runs:
-        from tasks.runs import run
+        from tools.runs import run
         run(since=args.since, as_json=args.json, out=sys.stdout)
     elif args.reverse:
-        from tasks.reverse import run
+        from tools.reverse import run
         run(args.target, as_json=args.json, out=sys.stdout)
     else:
-        from tasks.lineage import run
+        from tools.lineage import run
         run(args.target, as_json=args.json, out=sys.stdout)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from tasks import paths
-from tasks.errors import PipelineError
+from siamese import paths
+from siamese.errors import PipelineError
 
 
 def load_params(path: Path | str = paths.PARAMS) -> dict[str, Any]:

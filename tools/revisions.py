@@ -18,9 +18,9 @@ from typing import Any, TextIO
 import pandas as pd
 import yaml
 
-from tasks import paths
-from tasks.errors import PipelineError
-from tasks.lineage import covers, emit, entry_hash, flat_params, producer
+from siamese import paths
+from siamese.errors import PipelineError
+from tools.lineage import covers, emit, entry_hash, flat_params, producer
 
 LOCK = "dvc.lock"
 SAMPLES = 10  # paths listed per kind of image change
@@ -43,7 +43,7 @@ def resolve(root: Path, name: str) -> str:
         if ref.rsplit("/", 1)[-1] == name:
             return commit
     if FLOW_RUN_ID.fullmatch(name):
-        from tasks.runs import run_revision
+        from tools.runs import run_revision
 
         return resolve(root, run_revision(name))
     raise PipelineError(f"{name!r}: neither a git revision nor a DVC experiment in {root}")

@@ -1,0 +1,1 @@
+"""Commands run by hand, not by dvc.yaml: the `siamese` CLI, classify, lineage and bench."""
