@@ -1,6 +1,10 @@
 """Atomic writes: every artifact is written under a temporary name, then renamed into place.
 
-A run killed halfway leaves the previous artifact intact (or none), never half a file.
+A file is replaced by one rename, so a run killed halfway leaves the previous file or the new
+one, never half of one. A folder cannot be swapped by one rename: the previous one is first
+renamed aside (`.NAME.old-*`), the new one renamed in, then the old one removed; killed between
+the two renames, the previous folder is still whole, under that name beside the target.
+A stage that writes several files replaces each atomically, not all of them at once.
 """
 
 import json
@@ -35,13 +39,22 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
         yield tmp
         tmp.chmod(0o755 if is_dir else 0o644)
         if is_dir and target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            replace_dir(tmp, target)
+        else:
+            os.replace(tmp, target)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put folder `new` in place of folder `target`, never deleting `target` before."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_with(target: Path | str, write: Callable[[Path], Any]) -> Path:
