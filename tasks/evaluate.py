@@ -8,7 +8,6 @@ scores, so a model that cannot tell the candidates apart scores chance, 1/n.
 """
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ import torch
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
+from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.images import load_pixels, to_tensor
 from siamese.model import load_model, resolve_device
-from siamese.params import get, get_int, section
 from siamese.scoring import credit, embed_images, trial_scores
 
 REPORT_DIR = paths.REPORTS / "evaluate"
@@ -31,23 +30,8 @@ TRIAL_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int
-    pictures: int
-    device: torch.device
-    batch_size: int
-
-
-def read_config(params: dict[str, Any]) -> Config:
-    sec = section(params, "evaluate")
-    return Config(
-        seed=get_int(sec, "seed", "evaluate.seed", lo=0),
-        pictures=get_int(sec, "pictures", "evaluate.pictures", lo=0, hi=100),
-        device=resolve_device(get(sec, "device", "evaluate.device", str),
-                              "params.yaml: evaluate.device"),
-        batch_size=get_int(sec, "batch_size", "evaluate.batch_size", lo=1),
-    )
+def read_config(params: dict[str, Any]) -> EvaluateConfig:
+    return EvaluateConfig.parse(params)
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -407,7 +391,8 @@ def read_dataset(path: Path) -> dict[str, Any]:
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Evaluate models/model.pt on every trial set and the valid pairs; returns the metrics."""
     cfg = read_config(params)
-    model, meta = load_model(paths.MODEL, cfg.device)
+    device = resolve_device(cfg.device, "params.yaml: evaluate.device")
+    model, meta = load_model(paths.MODEL, device)
     pixels = load_pixels(paths.PIXELS)
     trials = paths.read_manifest(paths.TRIALS, "trials")
     check_trials(trials, len(pixels), paths.TRIALS)
@@ -419,7 +404,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     valid_pairs = pairs[pairs["role"] == "valid"]
     ids = needed_ids(trials, valid_pairs)
-    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
+    table = embedding_table(model, pixels, ids, device, cfg.batch_size)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, model, trials)
     verification = verify_pairs(table, model, valid_pairs)

@@ -10,7 +10,6 @@ PNGs out of the zips, and DVC tracks three files instead of 32,460.
 
 import hashlib
 import http.client
-import os
 import re
 import shutil
 import tempfile
@@ -22,29 +21,11 @@ from typing import Any
 
 from siamese import paths
 from siamese.atomic import atomic_path
+from siamese.config import FetchConfig
 from siamese.errors import PipelineError
-from siamese.params import get, get_int, section
-from siamese.zips import ZIPS, check_zip
+from siamese.zips import check_zip
 
 CHUNK = 1 << 20
-
-
-def fetch_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The checked `fetch` section, with the source resolved (OMNIGLOT_SOURCE wins if set)."""
-    sec = section(params, "fetch")
-    files = get(sec, "files", "fetch.files", list)
-    if sorted(files) != sorted(ZIPS):
-        raise PipelineError(f"params.yaml: fetch.files must be {list(ZIPS)}, got {files!r}")
-    md5 = sec.get("md5") or {}
-    if not isinstance(md5, dict) or not all(isinstance(v, str) for v in md5.values()):
-        raise PipelineError("params.yaml: fetch.md5 must map file names to md5 strings")
-    source = os.environ.get("OMNIGLOT_SOURCE") or get(sec, "source", "fetch.source", str)
-    return {
-        "source": source,
-        "files": list(files),
-        "md5": md5,
-        "retries": get_int(sec, "retries", "fetch.retries", lo=0),
-    }
 
 
 def is_url(source: str) -> bool:
@@ -148,12 +129,12 @@ def install(zips: dict[str, Path], raw: Path) -> None:
 
 
 def run(params: dict[str, Any]) -> None:
-    p = fetch_params(params)
-    source = p["source"]
+    p = FetchConfig.parse(params)
+    source = p.source
     with tempfile.TemporaryDirectory(prefix="omniglot-download-") as folder:
         if is_url(source):
-            zips = fetch_url(source, p["files"], p["md5"], p["retries"], Path(folder))
+            zips = fetch_url(source, p.files, p.md5, p.retries, Path(folder))
         else:
-            zips = verify_local(Path(source), p["files"])
+            zips = verify_local(Path(source), p.files)
         install(zips, paths.RAW)
     print(f"fetch: {len(zips)} zips from {source} verified and copied into {paths.RAW}")

@@ -82,7 +82,7 @@ def ends(record: dict) -> tuple:
 
 
 def test_audit_finds_the_planted_duplicates(planted, synthetic_project, monkeypatch):
-    from siamese.params import load_params
+    from siamese.config import load_params
 
     monkeypatch.chdir(synthetic_project)
     report = audit.run(load_params())
