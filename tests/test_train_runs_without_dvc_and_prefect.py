@@ -1,5 +1,8 @@
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import tasks.train
 from siamese import paths, trainlog
@@ -22,3 +25,14 @@ def test_without_dvc_dvclive_and_prefect_it_trains_and_logs_json_lines(
     assert summary["step"] == 6 and 0 <= summary["best_valid_accuracy"] <= 1
     assert trainlog.CURVES.stat().st_size > 0
     assert load_model(paths.MODEL, "cpu")[1]["step"] in (3, 6)
+
+
+def test_importing_train_and_evaluate_imports_no_yaml_tqdm_or_matplotlib():
+    """Those are imported where they are used (loading params, the progress bar, drawing)."""
+    blocked = ("yaml", "tqdm", "matplotlib", "dvc", "dvclive", "prefect")
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"
+            "import tasks.train, tasks.evaluate")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
