@@ -24,7 +24,8 @@ from siamese.trainlog import say
 LAST = paths.CHECKPOINTS / "last.pt"
 LIBRARY = Path(paths.__file__).parent
 # The code a resumed run must share with the run that saved: the stage and every project
-# module it imports (tests/test_dvc_deps.py checks this equals the train stage's .py deps).
+# module it imports (tests/test_stage_deps_list_their_imports.py checks that this is the
+# train stage's .py deps in dvc.yaml, and those, what importing tasks/train.py loads).
 CODE = tuple(LIBRARY.parent / name for name in (
     "tasks/train.py", "siamese/atomic.py", "siamese/augment.py", "siamese/checkpoints.py",
     "siamese/config.py", "siamese/distributed.py", "siamese/episodes.py", "siamese/errors.py",

@@ -15,10 +15,13 @@ import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from siamese import paths
 from siamese.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
 
 ABSENT = object()  # a key the section does not have
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -128,6 +131,13 @@ def device_name(value: Any, name: str) -> str:
         shown = None if value is ABSENT else value
         raise PipelineError(f"params.yaml: {name} must be auto, cpu or cuda[:N]; got {shown!r}")
     return value
+
+
+def this_machines_device(value: str, name: str) -> "torch.device":
+    """A device this machine has (auto: CUDA when present); imports torch only when called."""
+    from siamese.model import resolve_device
+
+    return resolve_device(value, f"params.yaml: {name}")
 
 
 def fingerprint(value: Any, name: str) -> str | None:
@@ -304,5 +314,5 @@ class EvaluateConfig(Section):
     SECTION: ClassVar[str] = "evaluate"
     seed: int = param(int, lo=0)
     pictures: int = param(int, lo=0, hi=100)
-    device: str = param(str)  # resolved (and checked against this machine) by evaluate.run
+    device: "torch.device" = param(str, check=this_machines_device)
     batch_size: int = param(int, lo=1)

@@ -20,7 +20,7 @@ from siamese.atomic import atomic_path, write_json, write_parquet, write_text
 from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.images import load_pixels, to_tensor
-from siamese.model import load_model, resolve_device
+from siamese.model import load_model
 from siamese.scoring import credit, embed_images, trial_scores
 
 REPORT_DIR = paths.REPORTS / "evaluate"
@@ -391,8 +391,7 @@ def read_dataset(path: Path) -> dict[str, Any]:
 def run(params: dict[str, Any]) -> dict[str, Any]:
     """Evaluate models/model.pt on every trial set and the valid pairs; returns the metrics."""
     cfg = read_config(params)
-    device = resolve_device(cfg.device, "params.yaml: evaluate.device")
-    model, meta = load_model(paths.MODEL, device)
+    model, meta = load_model(paths.MODEL, cfg.device)
     pixels = load_pixels(paths.PIXELS)
     trials = paths.read_manifest(paths.TRIALS, "trials")
     check_trials(trials, len(pixels), paths.TRIALS)
@@ -404,7 +403,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     valid_pairs = pairs[pairs["role"] == "valid"]
     ids = needed_ids(trials, valid_pairs)
-    table = embedding_table(model, pixels, ids, device, cfg.batch_size)
+    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, model, trials)
     verification = verify_pairs(table, model, valid_pairs)

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def read_sha256sums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def verify_local(folder: Path, files: list[str]) -> dict[str, Path]:
+def verify_local(folder: Path, files: Sequence[str]) -> dict[str, Path]:
     """Check each file against folder/SHA256SUMS; return name -> path."""
     if not folder.is_dir():
         raise PipelineError(f"fetch.source / OMNIGLOT_SOURCE: {folder} is not a folder or URL")
@@ -99,7 +100,7 @@ def download(url: str, dest: Path, retries: int, delay: float = 1.0) -> None:
             time.sleep(delay * 2**attempt)
 
 
-def fetch_url(base: str, files: list[str], md5: dict[str, str], retries: int,
+def fetch_url(base: str, files: Sequence[str], md5: dict[str, str], retries: int,
               folder: Path) -> dict[str, Path]:
     """Download each file into `folder` and check it against its md5 in fetch.md5."""
     located = {}

@@ -169,7 +169,9 @@ def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic
     from flows.pipeline import run_pipeline
 
     root = synthetic_project
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tasks", "siamese"):  # the stages' code deps (dvc.yaml)
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root)
     set_audit(root, on_leak="fail")

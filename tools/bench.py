@@ -269,7 +269,7 @@ def bench_augment(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> d
     """siamese.augment.distort alone on a batch of pairs, at each training size."""
     from siamese.augment import distort
 
-    p = float(params.get("train", {}).get("augment_probability", 0.5))
+    p = train_config(params).augment_probability
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {"probability": p}
     for size, (data, _) in data_by_size.items():
@@ -469,21 +469,21 @@ def eval_model(params: dict[str, Any]):
     if paths.MODEL.is_file():
         model, meta = load_model(paths.MODEL, "cpu")
         return model, f"{paths.MODEL} ({meta['arch']} at {meta['image_size']})"
-    sec = params.get("train", {})
+    cfg = train_config(params)
     torch.manual_seed(0)
-    model = build_model(sec.get("arch", "compact"), int(sec.get("image_size", 28))).eval()
+    model = build_model(cfg.arch, cfg.image_size).eval()
     return model, f"untrained {model.arch} at {model.image_size} (no {paths.MODEL} yet)"
 
 
 def bench_eval(params: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     """The evaluate stage's trial scoring against the seed's, per trial set at its largest n."""
+    from siamese.config import EvaluateConfig
     from siamese.images import load_pixels
-    from tasks.evaluate import read_config
 
     model, which = eval_model(params)
     pixels = load_pixels(paths.PIXELS)
     trials = pd.read_parquet(paths.TRIALS)
-    batch_size = read_config(params).batch_size
+    batch_size = EvaluateConfig.parse(params).batch_size
     out: dict[str, Any] = {"model": which, "batch_size": batch_size}
     for trial_set in EVAL_SETS:
         chosen = trials[trials["trial_set"] == trial_set]
