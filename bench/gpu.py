@@ -205,10 +205,10 @@ def matmul_peak(device: str, n: int, calls: int) -> float:
 
 
 def train_cfg(params: dict[str, Any], device: str, **overrides: Any):
-    from tasks.train import parse_config
+    from siamese.config import TrainConfig
 
     train = {**params["train"], "device": device, **overrides}
-    return parse_config({**params, "train": train})
+    return TrainConfig.parse({**params, "train": train})
 
 
 def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int) -> dict:
@@ -217,7 +217,7 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
     import numpy as np
     import torch
 
-    from tasks.train import next_batch
+    from siamese.episodes import next_batch
     from tools.bench import pair_flops, step_runner
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
@@ -286,6 +286,7 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
     import torch
 
     from siamese import paths
+    from siamese.episodes import load_data
     from siamese.images import load_pixels  # noqa: F401  (fails early if the tree is broken)
     from tasks import train
 
@@ -301,7 +302,7 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
     }
     peak = matmul_peak(device, 256 if smoke else 8192, 2 if smoke else 20)
     result["bf16_matmul_tflops"] = round(peak / 1e12, 1 if not smoke else 4)
-    data = train.load_data(train_cfg(params, device), torch.device(device))
+    data = load_data(train_cfg(params, device), torch.device(device))
     steps = [koch_step(params, data, device, b, 2 if smoke else 10)
              for b in ((2,) if smoke else (128, 512))]
     for s in steps:

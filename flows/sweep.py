@@ -26,8 +26,8 @@ from prefect.states import Failed, State
 
 from flows.pipeline import check_api, flatten, run_logged
 from siamese.atomic import write_text
+from siamese.config import load_params
 from siamese.errors import PipelineError
-from siamese.params import load_params
 
 SWEEPS = Path("reports/sweep")
 

@@ -25,6 +25,7 @@ import hashlib
 import io
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from itertools import combinations
 from typing import Any
 
@@ -33,14 +34,14 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_text
+from siamese.config import AUDIT_ROLES, AuditConfig, role_key
 from siamese.errors import PipelineError
 from siamese.images import load_pixels, pack
-from siamese.params import get, get_choice, get_float, get_int, section
 
 REPORT_JSON = paths.REPORTS / "audit.json"
 REPORT_MD = paths.REPORTS / "audit.md"
 PICTURES = paths.REPORTS / "audit"
-ROLES = ("train", "valid", "holdout", "test", "lake")
+ROLES = AUDIT_ROLES
 KINDS = ("sha256", "pixels", "near")
 GRID = 16  # signature cells per side
 BLOCK = 256  # signatures compared at once: a block is a [256, window] table of distances
@@ -48,32 +49,8 @@ LISTED = 10  # leaks named in the error message of on_leak: fail
 
 
 def audit_params(params: dict[str, Any]) -> dict[str, Any]:
-    sec = section(params, "audit")
-    p = {
-        "near_bits": get_int(sec, "near_bits", "audit.near_bits", lo=0, hi=GRID * GRID),
-        "tolerance": get_int(sec, "tolerance", "audit.tolerance", lo=0, hi=3),
-        "min_overlap": get_float(sec, "min_overlap", "audit.min_overlap", lo=0.5, hi=1.0),
-        "on_leak": get_choice(sec, "on_leak", "audit.on_leak", ("warn", "fail")),
-        "pictures": get_int(sec, "pictures", "audit.pictures", lo=0),
-    }
-    p["leak_between"] = role_pairs(get(sec, "leak_between", "audit.leak_between", list))
-    return p
-
-
-def role_pairs(value: list[Any]) -> set[tuple[str, str]]:
-    """audit.leak_between ("train/test", ...) as a set of role pairs in ROLES order."""
-    found = set()
-    for entry in value:
-        roles = entry.split("/") if isinstance(entry, str) else []
-        if len(roles) != 2 or not set(roles) <= set(ROLES):
-            raise PipelineError(f"params.yaml: audit.leak_between: {entry!r} is not two roles "
-                                f"of {', '.join(ROLES)} as role/role")
-        found.add(role_key(*roles))
-    return found
-
-
-def role_key(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if ROLES.index(a) <= ROLES.index(b) else (b, a)
+    """The audit section, checked by siamese/config.py, as the dict this module reads."""
+    return asdict(AuditConfig.parse(params))
 
 
 def build_items(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame) -> pd.DataFrame:

@@ -8,7 +8,6 @@ scores, so a model that cannot tell the candidates apart scores chance, 1/n.
 """
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ import torch
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
+from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.images import load_pixels, to_tensor
-from siamese.model import load_model, resolve_device
-from siamese.params import get, get_int, section
+from siamese.model import load_model
 from siamese.scoring import credit, embed_images, trial_scores
 
 REPORT_DIR = paths.REPORTS / "evaluate"
@@ -31,23 +30,8 @@ TRIAL_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int
-    pictures: int
-    device: torch.device
-    batch_size: int
-
-
-def read_config(params: dict[str, Any]) -> Config:
-    sec = section(params, "evaluate")
-    return Config(
-        seed=get_int(sec, "seed", "evaluate.seed", lo=0),
-        pictures=get_int(sec, "pictures", "evaluate.pictures", lo=0, hi=100),
-        device=resolve_device(get(sec, "device", "evaluate.device", str),
-                              "params.yaml: evaluate.device"),
-        batch_size=get_int(sec, "batch_size", "evaluate.batch_size", lo=1),
-    )
+def read_config(params: dict[str, Any]) -> EvaluateConfig:
+    return EvaluateConfig.parse(params)
 
 
 # --- statistics -------------------------------------------------------------------------------

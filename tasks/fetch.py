@@ -10,41 +10,23 @@ PNGs out of the zips, and DVC tracks three files instead of 32,460.
 
 import hashlib
 import http.client
-import os
 import re
 import shutil
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from siamese import paths
 from siamese.atomic import atomic_path
+from siamese.config import FetchConfig
 from siamese.errors import PipelineError
-from siamese.params import get, get_int, section
-from siamese.zips import ZIPS, check_zip
+from siamese.zips import check_zip
 
 CHUNK = 1 << 20
-
-
-def fetch_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The checked `fetch` section, with the source resolved (OMNIGLOT_SOURCE wins if set)."""
-    sec = section(params, "fetch")
-    files = get(sec, "files", "fetch.files", list)
-    if sorted(files) != sorted(ZIPS):
-        raise PipelineError(f"params.yaml: fetch.files must be {list(ZIPS)}, got {files!r}")
-    md5 = sec.get("md5") or {}
-    if not isinstance(md5, dict) or not all(isinstance(v, str) for v in md5.values()):
-        raise PipelineError("params.yaml: fetch.md5 must map file names to md5 strings")
-    source = os.environ.get("OMNIGLOT_SOURCE") or get(sec, "source", "fetch.source", str)
-    return {
-        "source": source,
-        "files": list(files),
-        "md5": md5,
-        "retries": get_int(sec, "retries", "fetch.retries", lo=0),
-    }
 
 
 def is_url(source: str) -> bool:
@@ -75,7 +57,7 @@ def read_sha256sums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def verify_local(folder: Path, files: list[str]) -> dict[str, Path]:
+def verify_local(folder: Path, files: Sequence[str]) -> dict[str, Path]:
     """Check each file against folder/SHA256SUMS; return name -> path."""
     if not folder.is_dir():
         raise PipelineError(f"fetch.source / OMNIGLOT_SOURCE: {folder} is not a folder or URL")
@@ -118,7 +100,7 @@ def download(url: str, dest: Path, retries: int, delay: float = 1.0) -> None:
             time.sleep(delay * 2**attempt)
 
 
-def fetch_url(base: str, files: list[str], md5: dict[str, str], retries: int,
+def fetch_url(base: str, files: Sequence[str], md5: dict[str, str], retries: int,
               folder: Path) -> dict[str, Path]:
     """Download each file into `folder` and check it against its md5 in fetch.md5."""
     located = {}
@@ -148,12 +130,12 @@ def install(zips: dict[str, Path], raw: Path) -> None:
 
 
 def run(params: dict[str, Any]) -> None:
-    p = fetch_params(params)
-    source = p["source"]
+    p = FetchConfig.parse(params)
+    source = p.source
     with tempfile.TemporaryDirectory(prefix="omniglot-download-") as folder:
         if is_url(source):
-            zips = fetch_url(source, p["files"], p["md5"], p["retries"], Path(folder))
+            zips = fetch_url(source, p.files, p.md5, p.retries, Path(folder))
         else:
-            zips = verify_local(Path(source), p["files"])
+            zips = verify_local(Path(source), p.files)
         install(zips, paths.RAW)
     print(f"fetch: {len(zips)} zips from {source} verified and copied into {paths.RAW}")

@@ -22,9 +22,9 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_json, write_npy, write_parquet
+from siamese.config import IndexConfig
 from siamese.errors import PipelineError
 from siamese.images import decode_png, pack
-from siamese.params import get_int, section
 from siamese.zips import (
     BACKGROUND_ZIP,
     EVALUATION_ZIP,
@@ -42,7 +42,6 @@ RUN_FILE = {
     "test": re.compile(r"^item(\d{2})\.png$"),
 }
 LABELS = "class_labels.txt"
-FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -51,22 +50,6 @@ class Entry:
 
     path: str
     data: bytes
-
-
-def index_params(params: dict[str, Any]) -> dict[str, Any]:
-    sec = section(params, "index")
-    for key in ("expected_fingerprint", "expected_runs_fingerprint"):
-        value = sec.get(key)
-        if value is not None and not FINGERPRINT.fullmatch(str(value)):
-            raise PipelineError(
-                f"params.yaml: index.{key} must be null or 64 hex digits, got {value!r}"
-            )
-    return {
-        "image_size": get_int(sec, "image_size", "index.image_size", lo=1),
-        "drawers": get_int(sec, "drawers", "index.drawers", lo=1),
-        "expected_fingerprint": sec.get("expected_fingerprint"),
-        "expected_runs_fingerprint": sec.get("expected_runs_fingerprint"),
-    }
 
 
 def read_zip(zip_path: Path) -> list[Entry]:
@@ -174,19 +157,19 @@ def check_fingerprint(digest: str, expected: str | None, key: str, what: Path | 
         )
 
 
-def build_images(raw: Path, p: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray, str]:
+def build_images(raw: Path, p: IndexConfig) -> tuple[pd.DataFrame, np.ndarray, str]:
     """The images manifest, the ink masks [N, S, S] and the fingerprint, all validated."""
-    images, data = scan_images(raw, p["drawers"])
-    pixels = decode_all(raw, images, data, p["image_size"])
+    images, data = scan_images(raw, p.drawers)
+    pixels = decode_all(raw, images, data, p.image_size)
     images["sha256"] = [hashlib.sha256(d).hexdigest() for d in data]
-    images["height"] = p["image_size"]
-    images["width"] = p["image_size"]
+    images["height"] = p.image_size
+    images["width"] = p.image_size
     images.insert(0, "image_id", np.arange(len(images), dtype=np.int64))
     images = images.astype({"character_id": "int64", "drawer": "int64",
                             "height": "int64", "width": "int64"})
     digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
     zips = " and ".join(str(raw / name) for name in SUBSET_ZIPS.values())
-    check_fingerprint(digest, p["expected_fingerprint"], "expected_fingerprint", zips)
+    check_fingerprint(digest, p.expected_fingerprint, "expected_fingerprint", zips)
     return images, pixels, digest
 
 
@@ -250,13 +233,13 @@ def evaluation_twin(entry: Entry, by_pixels: dict[bytes, list[int]], size: int,
 
 
 def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray,
-                    p: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+                    p: IndexConfig) -> tuple[pd.DataFrame, str]:
     """Map each run image to the evaluation image with equal pixels, attach the labels, and
     fingerprint all_runs.zip. For kind=training the label is the class's own position."""
     zip_path = raw / RUNS_ZIP
     entries = read_zip(zip_path)
     digest = fingerprint([(e.path, hashlib.sha256(e.data).hexdigest()) for e in entries])
-    check_fingerprint(digest, p["expected_runs_fingerprint"], "expected_runs_fingerprint",
+    check_fingerprint(digest, p.expected_runs_fingerprint, "expected_runs_fingerprint",
                       zip_path)
     by_pixels: dict[bytes, list[int]] = {}
     for i in images.index[images["subset"] == "evaluation"]:
@@ -267,7 +250,7 @@ def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray,
                             zip_path)
         for kind in RUN_FILE:
             for position, entry in sorted(run[kind].items()):
-                twin = evaluation_twin(entry, by_pixels, p["image_size"], zip_path)
+                twin = evaluation_twin(entry, by_pixels, p.image_size, zip_path)
                 label = labels[position] if kind == "test" else position
                 rows.append((int(name[3:]), kind, position, entry.path,
                              int(images.at[twin, "image_id"]), label))
@@ -303,7 +286,7 @@ def sources(raw: Path, images_digest: str, runs_digest: str) -> dict[str, Any]:
 
 
 def run(params: dict[str, Any]) -> None:
-    p = index_params(params)
+    p = IndexConfig.parse(params)
     raw = paths.RAW
     images, pixels, digest = build_images(raw, p)
     lake, runs_digest = build_lake_runs(raw, images, pixels, p)

@@ -14,23 +14,10 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_parquet
+from siamese.config import PairsConfig
 from siamese.errors import PipelineError
-from siamese.params import get_choice, get_int, section
 
 ROUNDS = 50
-
-
-def pairs_params(params: dict[str, Any]) -> dict[str, Any]:
-    sec = section(params, "pairs")
-    p = {
-        "negatives": get_choice(sec, "negatives", "pairs.negatives", ("same_alphabet", "any")),
-        "seed": get_int(sec, "seed", "pairs.seed", lo=0),
-    }
-    for key in ("train_count", "valid_count"):
-        p[key] = get_int(sec, key, f"pairs.{key}", lo=0)
-        if p[key] % 2:
-            raise PipelineError(f"params.yaml: pairs.{key} must be even (half same), got {p[key]}")
-    return p
 
 
 def blocks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,13 +96,13 @@ def sample_pairs(images: pd.DataFrame, count: int, negatives: str, rng: np.rando
 
 def build_pairs(images: pd.DataFrame, split: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     """Training pairs from role-train images, then verification pairs from role-valid images."""
-    p = pairs_params(params)
-    rng = np.random.default_rng(p["seed"])
+    p = PairsConfig.parse(params)
+    rng = np.random.default_rng(p.seed)
     labelled = images.merge(split, on="image_id", validate="one_to_one")
     parts = []
     for role, key in (("train", "train_count"), ("valid", "valid_count")):
         subset = labelled[labelled["role"] == role]
-        part = sample_pairs(subset, p[key], p["negatives"], rng, f"pairs.{key}")
+        part = sample_pairs(subset, getattr(p, key), p.negatives, rng, f"pairs.{key}")
         parts.append(part.assign(role=role))
     return pd.concat(parts, ignore_index=True)
 

@@ -17,30 +17,17 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_parquet
+from siamese.config import SplitConfig
 from siamese.errors import PipelineError
-from siamese.params import get_choice, get_int, section
 
 ROLES = ("train", "valid", "holdout", "test")
 KOCH_TRAIN_ALPHABETS = 30
-SLICE_KEYS = ("train_drawers", "valid_drawers", "holdout_drawers")
 
 
-def split_params(params: dict[str, Any]) -> dict[str, Any]:
-    sec = section(params, "split")
-    p = {
-        "protocol": get_choice(sec, "protocol", "split.protocol", ("lake", "koch")),
-        "by": get_choice(sec, "by", "split.by", ("drawer", "image")),
-        "seed": get_int(sec, "seed", "split.seed", lo=0),
-    }
-    for key in SLICE_KEYS:
-        p[key] = get_int(sec, key, f"split.{key}", lo=1)
-    return p
-
-
-def check_drawers(images: pd.DataFrame, p: dict[str, Any]) -> None:
+def check_drawers(images: pd.DataFrame, p: SplitConfig) -> None:
     """The three slices must add up to the drawers of every character in the data."""
     counts = sorted(images.groupby("character_id")["drawer"].nunique().unique())
-    total = sum(p[key] for key in SLICE_KEYS)
+    total = p.drawers
     if counts != [total]:
         raise PipelineError(
             f"params.yaml: split.train_drawers + valid_drawers + holdout_drawers = {total}, "
@@ -48,11 +35,11 @@ def check_drawers(images: pd.DataFrame, p: dict[str, Any]) -> None:
         )
 
 
-def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: dict[str, Any],
+def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfig,
                    rng: np.random.Generator) -> dict[str, tuple[str, str, str]]:
     """alphabet -> the roles of its three slices."""
     subsets = images.drop_duplicates("alphabet").set_index("alphabet")["subset"].sort_index()
-    if p["protocol"] == "lake":
+    if p.protocol == "lake":
         return {a: ("train", "valid", "holdout") if s == "background" else ("test",) * 3
                 for a, s in subsets.items()}
     others = [a for a in subsets.index if a not in lake_alphabets]
@@ -68,25 +55,25 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: dict[str, 
     return plans
 
 
-def slice_of(order: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+def slice_of(order: np.ndarray, p: SplitConfig) -> np.ndarray:
     """Slice number (0, 1, 2) of each position in a shuffled order of the drawers/drawings."""
-    bounds = np.cumsum([p[key] for key in SLICE_KEYS])
+    bounds = np.cumsum([p.train_drawers, p.valid_drawers, p.holdout_drawers])
     return np.searchsorted(bounds, order, side="right")
 
 
 def split_images(images: pd.DataFrame, lake: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     """image_id -> role, per split.protocol and split.by (see the module docstring)."""
-    p = split_params(params)
+    p = SplitConfig.parse(params)
     check_drawers(images, p)
-    rng = np.random.default_rng(p["seed"])
+    rng = np.random.default_rng(p.seed)
     lake_alphabets = set(images.loc[images["image_id"].isin(lake["image_id"]), "alphabet"])
     plans = alphabet_plans(images, lake_alphabets, p, rng)
     images = images.sort_values("image_id")
     slices = np.empty(len(images), dtype=np.int64)
     position = {image_id: i for i, image_id in enumerate(images["image_id"])}
-    groups = "alphabet" if p["by"] == "drawer" else "character_id"
+    groups = "alphabet" if p.by == "drawer" else "character_id"
     for _, group in images.groupby(groups, sort=True):
-        if p["by"] == "drawer":
+        if p.by == "drawer":
             drawers = np.sort(group["drawer"].unique())
             shuffled = drawers[rng.permutation(len(drawers))]
             order = group["drawer"].map(dict(zip(shuffled, range(len(drawers)), strict=True)))

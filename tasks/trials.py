@@ -12,25 +12,11 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_parquet
+from siamese.config import TrialsConfig
 from siamese.errors import PipelineError
-from siamese.params import get, get_int, section
 
 SETS = (("valid", "valid"), ("evaluation", "test"))
 COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer"]
-
-
-def trials_params(params: dict[str, Any]) -> dict[str, Any]:
-    sec = section(params, "trials")
-    n_way = get(sec, "n_way", "trials.n_way", list)
-    if not n_way or not all(isinstance(n, int) and not isinstance(n, bool) for n in n_way):
-        raise PipelineError(f"params.yaml: trials.n_way must be a list of integers, got {n_way!r}")
-    if min(n_way) < 2:
-        raise PipelineError(f"params.yaml: trials.n_way values must be >= 2, got {n_way!r}")
-    return {
-        "n_way": sorted(set(n_way)),
-        "per_alphabet": get_int(sec, "per_alphabet", "trials.per_alphabet", lo=1),
-        "seed": get_int(sec, "seed", "trials.seed", lo=0),
-    }
 
 
 def too_small(images: pd.DataFrame, n_way: int) -> list[str]:
@@ -112,13 +98,13 @@ def number(trials: pd.DataFrame, trial_set: str, n_way: int) -> pd.DataFrame:
 
 def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
                  params: dict[str, Any]) -> pd.DataFrame:
-    p = trials_params(params)
-    rng = np.random.default_rng(p["seed"])
+    p = TrialsConfig.parse(params)
+    rng = np.random.default_rng(p.seed)
     labelled = images.merge(split, on="image_id", validate="one_to_one")
     parts = []
     for trial_set, role in SETS:
         pool = labelled[labelled["role"] == role]
-        for n_way in p["n_way"]:
+        for n_way in p.n_way:
             skipped = too_small(pool, n_way)
             if len(skipped) == pool["alphabet"].nunique():
                 raise PipelineError(
@@ -127,7 +113,7 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
                 )
             if skipped:
                 print(f"trials: {trial_set} {n_way}-way leaves out {', '.join(skipped)}")
-            sampled = sample_trials(pool, n_way, p["per_alphabet"], rng)
+            sampled = sample_trials(pool, n_way, p.per_alphabet, rng)
             parts.append(number(sampled, trial_set, n_way))
     parts.append(lake_trials(images, lake))
     trials = pd.concat(parts, ignore_index=True)[COLUMNS]

@@ -82,7 +82,7 @@ def ends(record: dict) -> tuple:
 
 
 def test_audit_finds_the_planted_duplicates(planted, synthetic_project, monkeypatch):
-    from siamese.params import load_params
+    from siamese.config import load_params
 
     monkeypatch.chdir(synthetic_project)
     report = audit.run(load_params())
@@ -169,7 +169,9 @@ def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic
     from flows.pipeline import run_pipeline
 
     root = synthetic_project
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tasks", "siamese"):  # the stages' code deps (dvc.yaml)
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root)
     set_audit(root, on_leak="fail")

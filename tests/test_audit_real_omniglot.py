@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from siamese import paths
+from siamese.config import load_params
 from siamese.images import load_pixels
-from siamese.params import load_params
 from tasks import audit
 
 pytestmark = pytest.mark.slow  # the real data set (built once per session) and ~15 s of audit

@@ -7,10 +7,8 @@ import pandas as pd
 import pytest
 
 from siamese import paths
+from siamese.config import FetchConfig, IndexConfig, load_params
 from siamese.errors import PipelineError
-from siamese.params import load_params
-from tasks.fetch import fetch_params
-from tasks.index import index_params
 from tasks.pairs import build_pairs
 from tasks.split import split_images
 from tasks.trials import build_trials
@@ -44,9 +42,9 @@ def build(stage: str, root: Path, params: dict) -> None:
     split = pd.read_parquet(root / paths.SPLIT)
     lake = pd.read_parquet(root / paths.LAKE_RUNS)
     if stage == "fetch":
-        fetch_params(params)
+        FetchConfig.parse(params)
     elif stage == "index":
-        index_params(params)
+        IndexConfig.parse(params)
     elif stage == "split":
         split_images(images, lake, params)
     elif stage == "pairs":

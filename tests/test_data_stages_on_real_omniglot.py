@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from siamese import paths
+from siamese.config import load_params
 from siamese.images import decode_png, load_pixels
-from siamese.params import load_params
 from siamese.zips import read_files
 from tasks.split import split_images
 from tasks.trials import build_trials

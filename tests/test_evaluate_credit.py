@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from siamese.atomic import write_json, write_npy, write_parquet
+from siamese.config import load_params
 from siamese.errors import PipelineError
 from siamese.images import pack
 from siamese.model import build_model, save_checkpoint
-from siamese.params import load_params
 from tasks import evaluate
 from tests.conftest import REPO
 

@@ -12,8 +12,8 @@ import torch
 
 from siamese import paths
 from siamese.atomic import write_parquet
+from siamese.config import load_params
 from siamese.model import build_model, save_checkpoint
-from siamese.params import load_params
 from siamese.zips import read_files
 from tasks import evaluate
 from tests.conftest import REPO

@@ -30,7 +30,9 @@ def history(tmp_path_factory, synthetic_data_root) -> tuple[Path, str]:
     """Revision A (HEAD~1): the synthetic data built; B (HEAD): train.lr changed and one
     image's pixels changed. Returns the project and the changed image's path."""
     root = Path(shutil.copytree(synthetic_data_root, tmp_path_factory.mktemp("diff") / "p"))
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tasks", "siamese"):  # the stages' code deps (dvc.yaml)
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
     init_repo(root)
     run(["dvc", "commit", "-f", "-q", *STAGES], root)

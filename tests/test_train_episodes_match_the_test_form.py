@@ -1,6 +1,6 @@
 import numpy as np
 
-from tasks.train import sample_episode
+from siamese.episodes import sample_episode
 
 # 5 alphabets x 6 characters x 12 train drawers; image id = 1000 a + 100 c + drawer
 GROUPS = [[1000 * a + 100 * c + np.arange(12) for c in range(6)] for a in range(5)]

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from siamese.config import TrainConfig
 from siamese.errors import PipelineError
 from siamese.model import build_model
-from tasks.train import make_optimizer, parse_config
+from siamese.objectives import make_optimizer
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -29,10 +30,10 @@ def params_with(**train) -> dict:
 ])
 def test_bad_train_params_are_clear_errors(edit, message):
     with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
-        parse_config(params_with(**edit))
+        TrainConfig.parse(params_with(**edit))
 
 
 def test_per_layer_l2_needs_one_value_per_layer():
-    cfg = parse_config(params_with(arch="koch", image_size=105, weight_decay=[0.0, 0.1]))
+    cfg = TrainConfig.parse(params_with(arch="koch", image_size=105, weight_decay=[0.0, 0.1]))
     with pytest.raises(PipelineError, match="lists 2 values; arch koch has 6 conv/linear"):
         make_optimizer(cfg, build_model("koch", 105))

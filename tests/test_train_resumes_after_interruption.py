@@ -32,11 +32,15 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     last = torch.load(tasks.train.LAST, weights_only=True)["model"]
     shutil.rmtree(paths.MODELS)
     shutil.rmtree(paths.TRAIN_LIVE)
+    paths.MODEL.parent.mkdir(parents=True)
+    paths.MODEL.write_bytes(b"the previous model")
 
     with monkeypatch.context() as patch:
         interrupt_at(patch, 19)
         with pytest.raises(KeyboardInterrupt):
             tasks.train.run(params, device="cpu")
+    # model.pt is written once, at the end: a killed run leaves the previous one
+    assert paths.MODEL.read_bytes() == b"the previous model"
     paths.MODEL.unlink()  # as `dvc repro` does before it reruns the stage
     tasks.train.run(params, device="cpu")
     assert "resuming from models/checkpoints/last.pt at step 16 of 24" in capsys.readouterr().err

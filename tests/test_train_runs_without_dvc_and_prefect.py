@@ -1,8 +1,11 @@
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import tasks.train
-from siamese import paths
+from siamese import paths, trainlog
 from siamese.model import load_model
 from tests.training import train_project
 
@@ -16,9 +19,20 @@ def test_without_dvc_dvclive_and_prefect_it_trains_and_logs_json_lines(
                            episode_alphabets=2, episode_characters=4)
     monkeypatch.chdir(tmp_path)
     tasks.train.run(params, device="cpu")
-    lines = [json.loads(line) for line in tasks.train.JSON_LOG.read_text().splitlines()]
+    lines = [json.loads(line) for line in trainlog.JSON_LOG.read_text().splitlines()]
     assert [e["step"] for e in lines if "valid_accuracy" in e] == [3, 6]
     summary = json.loads((paths.TRAIN_LIVE / "metrics.json").read_text())
     assert summary["step"] == 6 and 0 <= summary["best_valid_accuracy"] <= 1
-    assert tasks.train.CURVES.stat().st_size > 0
+    assert trainlog.CURVES.stat().st_size > 0
     assert load_model(paths.MODEL, "cpu")[1]["step"] in (3, 6)
+
+
+def test_importing_train_and_evaluate_imports_no_yaml_tqdm_or_matplotlib():
+    """Those are imported where they are used (loading params, the progress bar, drawing)."""
+    blocked = ("yaml", "tqdm", "matplotlib", "dvc", "dvclive", "prefect")
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"
+            "import tasks.train, tasks.evaluate")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from siamese import paths
-from siamese.params import load_params
+from siamese.config import load_params
 from tasks.pairs import build_pairs
 from tasks.trials import sample_trials
 from tests.conftest import run_stage

@@ -128,14 +128,14 @@ def bench_stages(scratch: Path) -> dict[str, Any]:
     source (OMNIGLOT_SOURCE, or fetch.source when it is a folder), which times fetch too, or
     else linked to the project's data/raw, so the project's own artifacts are never touched.
     """
-    from siamese.params import load_params
-    from tasks.fetch import fetch_params, is_url
+    from siamese.config import FetchConfig, load_params
+    from tasks.fetch import is_url
 
     shutil.copy(paths.PARAMS, scratch / paths.PARAMS)
     env = child_env()
     imports = "import tasks.index, tasks.split, tasks.pairs, tasks.trials, tools.cli"
     out: dict[str, Any] = {"imports only": run_child([sys.executable, "-c", imports], scratch, env)}
-    source = fetch_params(load_params(paths.PARAMS))["source"]
+    source = FetchConfig.parse(load_params(paths.PARAMS)).source
     if is_url(source):
         (scratch / paths.RAW).parent.mkdir(parents=True, exist_ok=True)
         (scratch / paths.RAW).symlink_to(paths.RAW.resolve(), target_is_directory=True)
@@ -204,16 +204,16 @@ def seed_batch(pngs: Path, files: np.ndarray, left: np.ndarray, right: np.ndarra
 
 
 def train_config(params: dict[str, Any], **overrides: Any):
-    """train.py's Config from params.yaml with `overrides` (arch, image_size, objective, ...)."""
-    from tasks.train import parse_config
+    """The train config from params.yaml with `overrides` (arch, image_size, objective, ...)."""
+    from siamese.config import TrainConfig
 
     sec = dict(params.get("train", {}), **overrides)
-    return parse_config({**params, "train": sec})
+    return TrainConfig.parse({**params, "train": sec})
 
 
 def load_train_data(params: dict[str, Any], size: int):
     """train.py's own data loading at `size` (all images as one tensor); (data, seconds)."""
-    from tasks.train import load_data
+    from siamese.episodes import load_data
 
     cfg = train_config(params, image_size=size, objective="pairs")
     start = time.perf_counter()
@@ -226,7 +226,7 @@ def bench_input(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
     """Pairs per second delivered to the model, undistorted, same batch size: train.py's
     next_batch (packed pixels preloaded as one tensor at the training size, batches by
     indexing) at each size, against the seed's path (PNGs from disk to 105x105 tensors)."""
-    from tasks.train import next_batch
+    from siamese.episodes import next_batch
 
     files = pd.read_parquet(paths.IMAGES, columns=["path"])["path"].to_numpy()
     data, _ = data_by_size[105]
@@ -269,7 +269,7 @@ def bench_augment(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> d
     """siamese.augment.distort alone on a batch of pairs, at each training size."""
     from siamese.augment import distort
 
-    p = float(params.get("train", {}).get("augment_probability", 0.5))
+    p = train_config(params).augment_probability
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {"probability": p}
     for size, (data, _) in data_by_size.items():
@@ -313,8 +313,9 @@ def step_runner(cfg, data, device: torch.device | None = None, load: Loader | No
     """(step, net): one optimisation step as train.py's loop does it (next_batch, the
     objective under bf16 autocast on CUDA, backward, optimizer step) on a fresh model; with
     `load`, the batch comes from that loader instead (the seed's way)."""
+    from siamese.episodes import next_batch
     from siamese.model import build_model
-    from tasks.train import EpisodeLoss, PairLoss, make_optimizer, next_batch
+    from siamese.objectives import EpisodeLoss, PairLoss, make_optimizer
 
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
@@ -370,7 +371,7 @@ def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
 
 def profile_step(params: dict[str, Any], data_by_size: dict, steps: int) -> dict[str, Any]:
     """Images per second of the training profile's own step (params.yaml's train section)."""
-    from tasks.train import next_batch
+    from siamese.episodes import next_batch
 
     cfg = train_config(params)
     data, _ = data_by_size[cfg.image_size]
@@ -468,21 +469,21 @@ def eval_model(params: dict[str, Any]):
     if paths.MODEL.is_file():
         model, meta = load_model(paths.MODEL, "cpu")
         return model, f"{paths.MODEL} ({meta['arch']} at {meta['image_size']})"
-    sec = params.get("train", {})
+    cfg = train_config(params)
     torch.manual_seed(0)
-    model = build_model(sec.get("arch", "compact"), int(sec.get("image_size", 28))).eval()
+    model = build_model(cfg.arch, cfg.image_size).eval()
     return model, f"untrained {model.arch} at {model.image_size} (no {paths.MODEL} yet)"
 
 
 def bench_eval(params: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
     """The evaluate stage's trial scoring against the seed's, per trial set at its largest n."""
+    from siamese.config import EvaluateConfig
     from siamese.images import load_pixels
-    from tasks.evaluate import read_config
 
     model, which = eval_model(params)
     pixels = load_pixels(paths.PIXELS)
     trials = pd.read_parquet(paths.TRIALS)
-    batch_size = read_config(params).batch_size
+    batch_size = EvaluateConfig.parse(params).batch_size
     out: dict[str, Any] = {"model": which, "batch_size": batch_size}
     for trial_set in EVAL_SETS:
         chosen = trials[trials["trial_set"] == trial_set]
@@ -595,7 +596,7 @@ def count_stages() -> int:
 
 def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
     """`siamese bench [--quick]`: measure, print the table, write reports/bench.{json,md}."""
-    from siamese.params import load_params
+    from siamese.config import load_params
 
     sizes = sizes or (QUICK if quick else FULL)
     check_inputs()

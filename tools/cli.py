@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> None:
     if args.command in STAGES:
-        from siamese.params import load_params
+        from siamese.config import load_params
 
         params = load_params(args.params)
         module = importlib.import_module(f"tasks.{args.command}")

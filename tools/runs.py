@@ -113,7 +113,7 @@ def run_revision(run_id: str) -> str:
 
 
 def expected_fingerprint(root: Path) -> str | None:
-    from siamese.params import load_params
+    from siamese.config import load_params
 
     path = root / paths.PARAMS
     return load_params(path).get("index", {}).get("expected_fingerprint") if path.exists() \
