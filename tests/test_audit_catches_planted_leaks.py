@@ -169,7 +169,9 @@ def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic
     from flows.pipeline import run_pipeline
 
     root = synthetic_project
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("tasks", "siamese"):  # the stages and the library their deps name
+        shutil.copytree(REPO / folder, root / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root)
     set_audit(root, on_leak="fail")
