@@ -252,7 +252,8 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
     from siamese.images import load_pixels
     from siamese.model import load_model
     from siamese.scoring import credit, trial_scores
-    from tasks.evaluate import EmbeddingTable, accuracy_entry, embedding_table, needed_ids
+    from siamese.stats import accuracy_entry
+    from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids
 
     model, meta = load_model(paths.MODEL, device)
     pixels = load_pixels(paths.PIXELS)

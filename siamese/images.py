@@ -7,6 +7,9 @@ images bit-packed along rows, in `image_id` order: uint8 [N, 105, 14], 46 MB ins
 """
 
 import io
+import re
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +19,40 @@ from siamese.errors import PipelineError
 
 SIZE = 105
 
+MAX_PIXELS = 4096 * 4096
+"""The largest user image read (`siamese classify`): 16,777,216 pixels (4096x4096), and
+MAX_SIDE pixels on a side. A JPEG over it is decoded at 1/2, 1/4 or 1/8 scale when that brings
+it within; any other image over it is refused from its header, before it is decoded. Reading an
+image within the limits takes at most about 12 bytes per pixel (under 200 MiB for an RGBA
+image at the limit; 61 MiB for a 4000x4000 1-bit PNG), and a few MiB whatever its shape."""
+MAX_SIDE = 16384
+LIMITS = f"{MAX_PIXELS:,} pixels (4096x4096) and {MAX_SIDE} pixels a side"
+BAND_PIXELS = 1 << 20
+"""Pixels of the padded square resized at a time (4 MiB of float32)."""
+READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+               struct.error)
+
 
 def decode_png(data: bytes, source: str, size: int = SIZE) -> np.ndarray:
-    """Decode one Omniglot PNG strictly: it must be a readable image of exactly size x size."""
+    """Decode one Omniglot PNG strictly: it must be a readable image of exactly size x size.
+
+    The size is checked from the header, before anything is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            gray = img.convert("L")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(io.BytesIO(data)) as img:
+                if img.size != (size, size):
+                    raise PipelineError(f"{source}: image is {img.size[0]}x{img.size[1]}, "
+                                        f"expected {size}x{size}")
+                img.load()
+                gray = img.convert("L")
+    except Image.DecompressionBombError as e:
+        raise PipelineError(f"{source}: image of {bomb_pixels(e)} pixels, "
+                            f"expected {size}x{size}") from None
     except UnidentifiedImageError:
         raise PipelineError(f"{source}: not a readable PNG (unknown image format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PipelineError(f"{source}: not a readable PNG ({e})") from None
-    if gray.size != (size, size):
-        raise PipelineError(
-            f"{source}: image is {gray.size[0]}x{gray.size[1]}, expected {size}x{size}"
-        )
+    except READ_ERRORS as e:
+        raise PipelineError(f"{source}: not a readable PNG ({one_line(e)})") from None
     return np.asarray(gray) < 128
 
 
@@ -38,32 +60,98 @@ def read_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
     """Read a user's character image of any size and format into the training convention.
 
     Dark strokes on a light background (transparency laid on white; inverted if the border is
-    dark), padded to a square
-    with background, resized to size x size, thresholded at mid-grey.
+    dark), padded to a square with background, resized to size x size (box filter), thresholded
+    at mid-grey. Images over MAX_PIXELS or MAX_SIDE are refused (see MAX_PIXELS); any failure
+    to read is a one-line PipelineError naming the file.
     """
-    path = Path(path)
+    gray = read_gray(Path(path))
+    ink = InkRows(gray)
+    h, w = gray.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    # The box resize of the padded square, without the square: PIL resizes horizontally, then
+    # vertically, so the rows are resized horizontally a band at a time, put in a side x size
+    # column of background, and that is resized vertically. The result is the same, bit for
+    # bit, as resizing the whole square; memory is a band and the column, not side x side.
+    column = np.zeros((side, size), dtype=np.float32)
+    band = max(1, BAND_PIXELS // side)
+    for y in range(0, h, band):
+        rows = np.zeros((min(band, h - y), side), dtype=np.float32)
+        rows[:, left : left + w] = ink.rows(y, y + len(rows))
+        column[top + y : top + y + len(rows)] = np.asarray(box_resize(rows, size, len(rows)))
+    return np.asarray(box_resize(column, size, size)) >= 0.5
+
+
+def box_resize(array: np.ndarray, width: int, height: int) -> Image.Image:
+    return Image.fromarray(array).resize((width, height), Image.Resampling.BOX)
+
+
+class InkRows:
+    """Ink of a grey image as float32 (1 = ink), computed a band of rows at a time.
+
+    Dark strokes on light paper; inverted when the border is mostly ink (light on dark)."""
+
+    def __init__(self, gray: np.ndarray):
+        self.gray = gray
+        border = np.concatenate([self.ink(gray[0]), self.ink(gray[-1]),
+                                 self.ink(gray[:, 0]), self.ink(gray[:, -1])])
+        self.invert = bool(border.mean() > 0.5)
+
+    @staticmethod
+    def ink(gray: np.ndarray) -> np.ndarray:
+        return 1.0 - np.asarray(gray, dtype=np.float32) / 255.0
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        ink = self.ink(self.gray[start:stop])
+        return 1.0 - ink if self.invert else ink
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """The image of `path` as uint8 grey [H, W], transparency laid on white, within the limits."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if "A" in img.getbands() or "transparency" in img.info:
-                # Transparent pixels often hold black: lay the image on white paper first.
-                paper = Image.new("RGBA", img.size, "white")
-                img = Image.alpha_composite(paper, img.convert("RGBA"))
-            gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(path) as img:
+                fit_within_limits(img, path)
+                img.load()
+                if "A" in img.getbands() or "transparency" in img.info:
+                    # Transparent pixels often hold black: lay the image on white paper first.
+                    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), rgba)
+                    del rgba
+                return np.asarray(img.convert("L"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise PipelineError(f"{path}: not a readable image ({e})") from None
-    ink = 1.0 - gray
-    border = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
-    if border.mean() > 0.5:
-        ink = 1.0 - ink
-    h, w = ink.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.float32)
-    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = ink
-    resized = Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BOX)
-    return np.asarray(resized) >= 0.5
+    except Image.DecompressionBombError as e:
+        raise PipelineError(f"{path}: image of {bomb_pixels(e)} pixels, larger than the limit "
+                            f"of {LIMITS}") from None
+    except READ_ERRORS as e:
+        raise PipelineError(f"{path}: not a readable image ({one_line(e)})") from None
+
+
+def fit_within_limits(img: Image.Image, path: Path) -> None:
+    """Refuse an image over the limits from its header; a JPEG is first decoded smaller if
+    1/2, 1/4 or 1/8 scale brings it within them."""
+    w, h = img.size
+
+    def over(w: int, h: int) -> bool:
+        return w * h > MAX_PIXELS or max(w, h) > MAX_SIDE
+
+    if over(w, h) and img.format == "JPEG":
+        scale = next((s for s in (2, 4, 8) if not over(-(-w // s), -(-h // s))), 8)
+        img.draft(None, (w // scale, h // scale))
+    if over(*img.size):
+        raise PipelineError(f"{path}: image is {w}x{h}, larger than the limit of {LIMITS}")
+
+
+def bomb_pixels(e: Exception) -> str:
+    """The pixel count in PIL's decompression bomb message."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(found.group(1)):,}" if found else "too many"
+
+
+def one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def pack(images: np.ndarray) -> np.ndarray:

@@ -19,10 +19,10 @@ Three kinds of duplicate pairs are found:
 A pair is expected when it is a Lake run image and the evaluation image it was mapped to (they
 are re-encodings of the same drawing), and a leak when its roles are one of
 `audit.leak_between`. `audit.on_leak: fail` writes the reports, then stops with the leaks named.
+The pictures of reports/audit/ are drawn by siamese/auditpictures.py.
 """
 
 import hashlib
-import io
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from siamese import paths
-from siamese.atomic import atomic_path, write_json, write_text
+from siamese.atomic import write_json, write_text
+from siamese.auditpictures import write_pictures
 from siamese.config import AUDIT_ROLES, AuditConfig, role_key
 from siamese.errors import PipelineError
 from siamese.images import load_pixels, pack
@@ -252,53 +253,6 @@ def pair_records(pairs: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-def picture_name(record: dict[str, Any]) -> str:
-    return f"{record['kind']}-{record['a']['item']}-{record['b']['item']}.png"
-
-
-def draw_pair(record: dict[str, Any], packed: np.ndarray) -> bytes:
-    """PNG: image a, image b, and both overlaid (a only red, b only blue, both black), with
-    the kind, roles, ids and files above."""
-    from PIL import Image, ImageDraw
-
-    a, b = (np.unpackbits(packed[record[s]["item"]], axis=-1, count=packed.shape[1]).astype(bool)
-            for s in ("a", "b"))
-    panel = np.full(a.shape + (3,), 255, dtype=np.uint8)
-    overlay = panel.copy()
-    overlay[a & ~b], overlay[b & ~a], overlay[a & b] = (220, 0, 0), (0, 0, 220), (0, 0, 0)
-    panels = [np.where(m[..., None], 0, panel) for m in (a, b)] + [overlay]
-    gap = np.full((a.shape[0], 8, 3), 255, dtype=np.uint8)
-    row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-    strip = Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.NEAREST)
-    canvas = Image.new("RGB", (max(strip.width, 560), strip.height + 64), "white")
-    canvas.paste(strip, (0, 64))
-    draw = ImageDraw.Draw(canvas)
-    detail = f", overlap {record['overlap']}" if record["kind"] == "near" else ""
-    lines = [f"{record['kind']} duplicate, {record['roles']}" + (" LEAK" if record["leak"]
-                                                                 else "") + detail]
-    lines += [f"{s}: {record[s]['role']} image {record[s]['image_id']}  {record[s]['file']}"
-              for s in ("a", "b")]
-    for k, line in enumerate(lines):
-        draw.text((4, 4 + 18 * k), line, fill="black")
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_pictures(records: list[dict[str, Any]], packed: np.ndarray, count: int) -> list[str]:
-    """reports/audit/: one PNG per pair of images (its first kind: same bytes are also same
-    pixels), leaks first, at most `count`; the folder is written as a whole."""
-    names: dict[tuple[int, int], str] = {}
-    with atomic_path(PICTURES, is_dir=True) as tmp:
-        for record in records:
-            pair = (record["a"]["item"], record["b"]["item"])
-            if len(names) == count or pair in names:
-                continue
-            names[pair] = picture_name(record)
-            (tmp / names[pair]).write_bytes(draw_pair(record, packed))
-    return list(names.values())
-
-
 def summary(items: pd.DataFrame, pairs: pd.DataFrame, p: dict[str, Any],
             work: dict[str, int]) -> dict[str, Any]:
     expected = pairs[pairs["expected"]]
@@ -393,7 +347,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     split = paths.read_manifest(paths.SPLIT, "split")
     pixels = item_pixels(load_pixels(paths.PIXELS), images, lake)
     report = audit(images, split, lake, pixels, p)
-    pictures = write_pictures(report["pairs"], pixels, p["pictures"])
+    pictures = write_pictures(report["pairs"], pixels, p["pictures"], PICTURES)
     write_json(report, REPORT_JSON)
     write_text(report_markdown(report, pictures), REPORT_MD)
     print(f"audit: {len(report['pairs'])} duplicate pairs, {report['leaks']} leak(s), "

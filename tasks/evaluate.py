@@ -2,12 +2,14 @@
 
 Reads the best checkpoint (models/model.pt), the packed pixels and the trials and pairs
 manifests; writes reports/metrics.json (DVC metrics) and the folder reports/evaluate:
-predictions.parquet (one row per trial), per_alphabet.csv and .png, pictures/ (a few trials
-drawn) and report.md. Accuracy gives a trial 1/k credit when its answer is among k tied top
-scores, so a model that cannot tell the candidates apart scores chance, 1/n.
+predictions.parquet (one row per trial), per_alphabet.csv and .png, roc.csv (the verification
+ROC curve), pictures/ (a few trials drawn) and report.md (drawn by siamese/evalreport.py).
+per_alphabet/<set>-<n>way.csv (per_alphabet.csv split by trial set) and roc.csv are DVC
+plots (dvc.yaml), for `dvc plots diff`. Accuracy gives a
+trial 1/k credit when its answer is among k tied top scores, so a model that cannot tell the
+candidates apart scores chance, 1/n.
 """
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,13 @@ from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
 from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
+from siamese.evalreport import draw_per_alphabet, draw_pictures, report_markdown, summary_line
 from siamese.images import load_pixels, to_tensor
 from siamese.model import load_model
 from siamese.scoring import credit, embed_images, trial_scores
+from siamese.stats import accuracy_entry, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 TRIAL_COLUMNS = (
     "trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
 )
@@ -32,39 +35,6 @@ TRIAL_COLUMNS = (
 
 def read_config(params: dict[str, Any]) -> EvaluateConfig:
     return EvaluateConfig.parse(params)
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (successes may be fractional: tie credit)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def accuracy_entry(credits: np.ndarray, count_key: str = "trials") -> dict[str, Any]:
-    """{"accuracy", "ci95": [lo, hi], count_key}, fractions rounded to 4 digits."""
-    n = len(credits)
-    lo, hi = wilson_interval(float(np.sum(credits)), n)
-    accuracy = float(np.mean(credits)) if n else 0.0
-    return {"accuracy": round(accuracy, 4), "ci95": [round(lo, 4), round(hi, 4)], count_key: n}
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties averaged); None without both classes."""
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -173,10 +143,12 @@ def predict_trials(table: torch.Tensor, model, trials: pd.DataFrame) -> pd.DataF
     return pd.concat(frames, ignore_index=True)
 
 
-def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame) -> dict[str, Any]:
-    """Same/different accuracy (sigmoid(logit) > 0.5) and ROC AUC on the given pairs."""
+def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame
+                 ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Same/different accuracy (sigmoid(logit) > 0.5) and ROC AUC on the given pairs, and the
+    ROC curve (fpr, tpr, logit threshold; siamese.stats.roc_points)."""
     if len(pairs) == 0:
-        return {"pairs": 0}
+        return {"pairs": 0}, roc_points(np.zeros(0), np.zeros(0, dtype=bool))
     left = torch.tensor(pairs["left_id"].to_numpy(dtype=np.int64))
     right = torch.tensor(pairs["right_id"].to_numpy(dtype=np.int64))
     with torch.no_grad():
@@ -186,7 +158,7 @@ def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame) -> dict[str, A
     auc = roc_auc(logits, same)
     if auc is not None:
         entry["auc"] = round(auc, 4)
-    return entry
+    return entry, roc_points(logits, same)
 
 
 def summarize(predictions: pd.DataFrame, verification: dict[str, Any]) -> dict[str, Any]:
@@ -220,157 +192,23 @@ def choose_pictures(predictions: pd.DataFrame, count: int, seed: int) -> pd.Data
     return pd.concat(chosen, ignore_index=True)
 
 
-# --- pictures and report ----------------------------------------------------------------------
-
-
-def draw_trial(row: Any, candidates: np.ndarray, pixels: np.ndarray, character: pd.Series):
-    """The query above its candidates, each captioned with its logit; the prediction framed
-    green (right) or red (wrong), the truth framed blue.
-
-    One mosaic image in one axes: a grid of subplots costs about a second a picture.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    size = pixels.shape[1]
-    cols = min(len(candidates), 10)
-    rows = 1 + math.ceil(len(candidates) / cols)
-    cell_w, cell_h = size + 24, size + 36  # room for the frame and a caption above
-    right = row.predicted == row.answer
-    cells = [(0, row.query_id, "query", "black")]
-    for i, image_id in enumerate(candidates):
-        colour, mark = "lightgrey", ""
-        if i == row.predicted:
-            colour, mark = ("green" if right else "red"), " predicted"
-        elif i == row.answer:
-            colour, mark = "blue", " truth"
-        cells.append((cols + i, image_id, f"{row.scores[i]:.2f}{mark}", colour))
-
-    canvas = np.zeros((rows * cell_h, cols * cell_w), dtype=bool)
-    fig = Figure(figsize=(cols * cell_w / 80, rows * cell_h / 80 + 0.4), dpi=80)
-    ax = fig.add_axes((0, 0, 1, rows * cell_h / (rows * cell_h + 32)))
-    ax.axis("off")
-    for k, image_id, caption, colour in cells:
-        y, x = (k // cols) * cell_h + 28, (k % cols) * cell_w + 12
-        canvas[y : y + size, x : x + size] = pixels[image_id]
-        ax.text(x + size / 2, y - 8, caption, ha="center", va="bottom", fontsize=9)
-        ax.add_patch(Rectangle((x - 5, y - 5), size + 9, size + 9, fill=False, edgecolor=colour,
-                               linewidth=1 if colour == "lightgrey" else 3))
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    verdict = "right" if right else "wrong"
-    fig.suptitle(f"{row.trial_set} {row.n_way}-way trial {row.trial_id}: {row.alphabet}, "
-                 f"{character.get(row.query_id, '')} ({verdict})", fontsize=10)
-    return fig
-
-
-def draw_per_alphabet(table: pd.DataFrame):
-    """One panel per trial set (its largest n-way): accuracy per alphabet with 95% CIs."""
-    from matplotlib.figure import Figure
-
-    largest = table.groupby("trial_set")["n_way"].transform("max") == table["n_way"]
-    panels = list(table[largest].groupby("trial_set", sort=True))
-    tallest = max(len(group) for _, group in panels)
-    fig = Figure(figsize=(5.5 * len(panels), 1.2 + 0.22 * tallest), dpi=80, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (trial_set, group) in zip(axes, panels, strict=True):
-        group = group.sort_values("accuracy")
-        errors = [group["accuracy"] - group["ci95_low"], group["ci95_high"] - group["accuracy"]]
-        ax.barh(group["alphabet"], group["accuracy"], xerr=errors, color="tab:blue",
-                error_kw={"elinewidth": 0.8, "ecolor": "grey"})
-        n_way = int(group["n_way"].iloc[0])
-        ax.axvline(1 / n_way, color="black", linestyle="--", linewidth=0.8, label="chance")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{trial_set}, {n_way}-way", fontsize=10)
-        ax.set_xlabel("accuracy (95% Wilson CI)")
-        ax.tick_params(axis="y", labelsize=7)
-        ax.legend(loc="lower right", fontsize=7)
-    return fig
-
-
-def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict[str, Any],
-                    pictures: list[str]) -> str:
-    lines = [
-        "# Evaluation",
-        "",
-        f"Model `{paths.MODEL}`: arch {meta['arch']} {meta['model_options']}, image size "
-        f"{meta['image_size']}, step {meta['step']}, validation accuracy at selection "
-        f"{meta['valid_accuracy']:.4f}.",
-        f"Data: fingerprint `{dataset.get('fingerprint')}`, {dataset.get('images')} images.",
-        "",
-        "## n-way one-shot accuracy",
-        "",
-        "| trial set | n-way | trials | accuracy | 95% CI (Wilson) | chance |",
-        "|---|---|---|---|---|---|",
-    ]
-    for trial_set, n, entry in accuracy_rows(metrics):
-        lo, hi = entry["ci95"]
-        lines.append(f"| {trial_set} | {n} | {entry['trials']} | {entry['accuracy']:.1%} | "
-                         f"[{lo:.1%}, {hi:.1%}] | {1 / n:.1%} |")
-    lines += ["", "A trial whose answer is among k tied top scores counts 1/k.", ""]
-    lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), "",
-              "The decision is P(same) > 0.5; the train stage sets the head's bias on the train "
-              "pairs (an objective over a trial's candidates leaves it free). The AUC needs no "
-              "threshold.", ""]
-    lines += ["## Per alphabet", "", "![accuracy per alphabet](per_alphabet.png)", "",
-              "Numbers: [per_alphabet.csv](per_alphabet.csv); every trial: predictions.parquet.",
-              "", "## Example trials", "",
-              "Green frame: a right prediction; red: a wrong one; blue: the truth. Numbers: "
-              "the head's logit for each candidate (the highest is the prediction).", ""]
-    lines += [f"![{name}]({name})" for name in pictures]
-    return "\n".join(lines) + "\n"
-
-
-def accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """(trial_set, n, entry) of metrics.json: valid, evaluation, lake, then any other set;
-    the largest n first within a set."""
-    known = ("valid", "evaluation", "lake")
-    rows = [(trial_set, int(way.removesuffix("-way")), entry)
-            for trial_set, ways in metrics.items() if trial_set != "verification"
-            for way, entry in ways.items()]
-    order = {s: known.index(s) if s in known else len(known) for s, _, _ in rows}
-    return sorted(rows, key=lambda r: (order[r[0]], r[0], -r[1]))
-
-
-def summary_line(metrics: dict[str, Any]) -> str:
-    """One line for the log: each trial set's largest n-way, then verification."""
-    parts, seen = [], set()
-    for trial_set, n, entry in accuracy_rows(metrics):
-        if trial_set not in seen:
-            seen.add(trial_set)
-            lo, hi = entry["ci95"]
-            parts.append(f"{trial_set} {n}-way {entry['accuracy']:.1%} [{lo:.1%}, {hi:.1%}]")
-    if metrics["verification"].get("pairs"):
-        parts.append(f"verification {metrics['verification']['accuracy']:.1%}")
-    return ", ".join(parts)
-
-
-def verification_line(entry: dict[str, Any]) -> str:
-    if not entry.get("pairs"):
-        return "No validation pairs in pairs.parquet."
-    lo, hi = entry["ci95"]
-    auc = f", ROC AUC {entry['auc']:.4f}" if "auc" in entry else ""
-    return (f"{entry['pairs']} pairs: accuracy {entry['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
-            f"(same when P(same) > 0.5){auc}.")
-
-
-def draw_pictures(chosen: pd.DataFrame, trials: pd.DataFrame, pixels: np.ndarray,
-                  character: pd.Series) -> dict[str, Any]:
-    """{"pictures/<set>-<n>way-trial<id>.png": figure} for the chosen trials."""
-    candidates = trials.set_index(["trial_set", "n_way", "trial_id"])["candidate_ids"]
-    figures = {}
-    for row in chosen.itertuples(index=False):
-        ids = np.asarray(candidates[(row.trial_set, row.n_way, row.trial_id)])
-        name = f"pictures/{row.trial_set}-{row.n_way}way-trial{row.trial_id:04d}.png"
-        figures[name] = draw_trial(row, ids, pixels, character)
-    return figures
+def plot_tables(alphabets: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """per_alphabet/<set>-<n>way.csv: the rows of per_alphabet.csv of one trial set and n-way,
+    one DVC plot each (a plot shows one file; the sets share alphabet names)."""
+    return {f"per_alphabet/{trial_set}-{n_way}way.csv": group.drop(columns=["trial_set", "n_way"])
+            for (trial_set, n_way), group in alphabets.groupby(["trial_set", "n_way"], sort=True)}
 
 
 def write_report_dir(target: Path, predictions: pd.DataFrame, alphabets: pd.DataFrame,
-                     figures: dict[str, Any], report: str) -> None:
+                     roc: pd.DataFrame, figures: dict[str, Any], report: str) -> None:
     """Build the whole folder under a temporary name, then swap it in (atomic as a whole)."""
     with atomic_path(target, is_dir=True) as tmp:
         write_parquet(predictions, tmp / "predictions.parquet")
         write_text(alphabets.to_csv(index=False), tmp / "per_alphabet.csv")
+        write_text(roc.to_csv(index=False), tmp / "roc.csv")
+        for name, table in plot_tables(alphabets).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            write_text(table.to_csv(index=False), tmp / name)
         for name, fig in figures.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(tmp / name, metadata={"Software": None})
@@ -406,7 +244,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, model, trials)
-    verification = verify_pairs(table, model, valid_pairs)
+    verification, roc = verify_pairs(table, model, valid_pairs)
     metrics = summarize(predictions, verification)
 
     alphabets = per_alphabet(predictions)
@@ -414,7 +252,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     pictures = draw_pictures(chosen, trials, pixels, character)
     report = report_markdown(metrics, meta, dataset, list(pictures))
     figures = {"per_alphabet.png": draw_per_alphabet(alphabets), **pictures}
-    write_report_dir(REPORT_DIR, predictions, alphabets, figures, report)
+    write_report_dir(REPORT_DIR, predictions, alphabets, roc, figures, report)
     write_json(metrics, paths.METRICS)
     print(f"evaluate: {summary_line(metrics)}; report {REPORT_DIR / 'report.md'}")
     return metrics

@@ -114,3 +114,26 @@ def make_source(folder: Path, layout: Layout = Layout()) -> Path:
         sums.append(f"{digest}  {name}")
     (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     return folder
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A white 1-bit PNG of any size, written row by row with zlib streaming: a 30000x30000
+    one (a decompression bomb: 900 megapixels) is 150 kB and takes under a second and a few MiB
+    to write."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    row = b"\0" + b"\xff" * ((width + 7) // 8)  # filter byte, then the row's bits
+    per_block = max(1, (1 << 20) // len(row))
+    compress = zlib.compressobj(9)
+    idat = []
+    for start in range(0, height, per_block):
+        idat.append(compress.compress(row * min(per_block, height - start)))
+    idat.append(compress.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(idat))
+            + chunk(b"IEND", b""))

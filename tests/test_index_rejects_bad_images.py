@@ -11,7 +11,7 @@ from PIL import Image
 
 from siamese import paths
 from tests.conftest import mutated_source, run_stage, snapshot, write_params
-from tests.synthetic import png_bytes
+from tests.synthetic import blank_png, png_bytes
 
 BACKGROUND = "images_background.zip"
 FIRST = "images_background/Alpha/character01"
@@ -47,6 +47,15 @@ def test_image_not_105x105(synthetic_project, synthetic_source, tmp_path):
     source = mutated_source(tmp_path / "src", synthetic_source, BACKGROUND, resize)
     fetch_then_index_fails(synthetic_project, source, f"{FIRST}/0001_07.png",
                            "104x105, expected 105x105")
+
+
+def test_huge_image_is_refused_from_its_header(synthetic_project, synthetic_source, tmp_path):
+    def bomb(entries):  # 30000x30000, 150 kB: within the zip limits, 900 megapixels decoded
+        entries[f"{FIRST}/0001_05.png"] = blank_png(30000, 30000)
+
+    source = mutated_source(tmp_path / "src", synthetic_source, BACKGROUND, bomb)
+    fetch_then_index_fails(synthetic_project, source, f"{FIRST}/0001_05.png",
+                           "image of 900,000,000 pixels, expected 105x105")
 
 
 def test_character_with_19_drawings(synthetic_project, synthetic_source, tmp_path):

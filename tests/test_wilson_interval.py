@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.evaluate import accuracy_entry, roc_auc, wilson_interval
+from siamese.stats import accuracy_entry, roc_auc, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,23 @@ def test_roc_auc_ranks_with_ties_averaged():
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
     assert roc_auc(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5
     assert roc_auc(np.array([1.0, 2.0]), np.array([1, 1])) is None
+
+
+def test_roc_curve_and_its_sampled_points():
+    from siamese.stats import roc_curve, roc_points
+
+    scores = np.array([0.9, 0.8, 0.8, 0.6, 0.5, 0.3, 0.1])
+    same = np.array([1, 1, 0, 1, 0, 0, 0], dtype=bool)
+    curve = roc_curve(scores, same)
+    assert curve["fpr"].tolist() == [0, 0, 0.25, 0.25, 0.5, 0.75, 1]
+    assert np.allclose(curve["tpr"], [0, 1 / 3, 2 / 3, 1, 1, 1, 1])
+    assert curve["threshold"].tolist()[1:] == [0.9, 0.8, 0.6, 0.5, 0.3, 0.1]
+    # the trapezoids under the curve are the Mann-Whitney AUC (ties averaged)
+    area = np.sum(np.diff(curve["fpr"]) * (curve["tpr"][1:].to_numpy()
+                                            + curve["tpr"][:-1].to_numpy()) / 2)
+    assert area == pytest.approx(roc_auc(scores, same))
+
+    points = roc_points(scores, same, steps=4)
+    assert points["fpr"].tolist() == [0, 0.25, 0.5, 0.75, 1]
+    assert points["tpr"].tolist() == [0.3333, 1, 1, 1, 1]
+    assert roc_points(scores, np.ones(7, dtype=bool)).empty
