@@ -218,7 +218,7 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
     import torch
 
     from siamese.episodes import next_batch
-    from tools.bench import pair_flops, step_runner
+    from tools.bench.trainer import pair_flops, step_runner
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
     dev = torch.device(device)
@@ -236,7 +236,7 @@ def profile_step_s(params: dict[str, Any], data, device: str) -> float:
     """Seconds of one training step of Koch's network (its own objective), median of 5."""
     import torch
 
-    from tools.bench import step_runner
+    from tools.bench.trainer import step_runner
 
     step, _ = step_runner(train_cfg(params, device), data, torch.device(device))
     return timed(step, 5, 2, device)

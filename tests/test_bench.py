@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from siamese.errors import PipelineError
 from tests.conftest import build_data
 from tests.synthetic import Layout, make_source
 from tools import bench
@@ -66,6 +67,13 @@ def test_bench_baselines_compute_what_the_project_computes(tiny_bench):
     assert scored and all(e["same_predictions"] for e in scored)
     assert all(e["seed_passes_per_trial"] == 2 * int(k.split()[1].split("-")[0])
                for k, e in r["evaluation"].items() if isinstance(e, dict))
+
+
+def test_missing_inputs_name_a_repro_that_builds_pairs_and_trials(tmp_path, monkeypatch):
+    # trials does not depend on pairs: `dvc repro trials` alone would leave pairs.parquet out.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"pairs\.parquet.*`dvc repro pairs trials`"):
+        bench.run(sizes=bench.TINY)
 
 
 def test_koch_network_costs_10_9_gflop_per_training_pair():
