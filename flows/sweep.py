@@ -24,7 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.states import Failed, State
 
-from flows.pipeline import check_api, flatten, run_logged
+from flows.dvcstages import run_logged
+from flows.report import flatten
+from flows.server import check_api
 from siamese.atomic import write_text
 from siamese.errors import PipelineError
 from siamese.params import load_params
@@ -129,7 +131,7 @@ def run_queue(jobs: int, root: str) -> int:
 
 def experiments(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """`dvc exp show --json`, reduced to the named experiments: name -> its record."""
-    from flows.pipeline import dvc_env
+    from flows.dvcstages import dvc_env
 
     done = subprocess.run(dvc("exp", "show", "--json", "--no-pager"), cwd=root, env=dvc_env(),
                           capture_output=True, text=True)
