@@ -12,7 +12,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from prefect.tasks import exponential_backoff
 from flows import remote
 from flows.dvcstages import dvc, pipeline_stages, read_pipeline, run_logged, stage_outcome
 from flows.report import publish_artifacts
-from flows.server import check_api, local_server
+from flows.server import check_api, schedule_server
 from siamese.errors import PipelineError
 
 FLOW_NAME = "omniglot-pipeline"
@@ -149,10 +148,10 @@ def serve_pipeline(cron: str | None = None, interval: float | None = None,
 
     Schedules need a Prefect server with its scheduler (the temporary one has none): the one
     at PREFECT_API_URL, or else a local one this command starts and stops (`prefect server
-    start`, its database under PREFECT_HOME).
+    start --background`, its database and PID file under PREFECT_HOME; flows/server.py).
     """
     from prefect.flows import EntrypointType
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = Path(repo).resolve()
     if (cron is None) == (interval is None):
@@ -164,9 +163,7 @@ def serve_pipeline(cron: str | None = None, interval: float | None = None,
     pipeline_stages(root)  # a broken dvc.yaml fails now, not at the first scheduled run
     # SIGTERM ends this process through `finally` (Prefect's runner takes it over once serving).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    server = nullcontext(get_current_settings().api.url) if get_current_settings().api.url \
-        else local_server()
-    with server as url, temporary_settings(updates={PREFECT_API_URL: url}):
+    with schedule_server(root) as url, temporary_settings(updates={PREFECT_API_URL: url}):
         check_api()
         pipeline_flow.serve(
             name=name, cron=cron, interval=interval, entrypoint_type=EntrypointType.MODULE_PATH,
