@@ -13,11 +13,8 @@ ifeq ($(origin OMNIGLOT_SOURCE), undefined)
   endif
 endif
 
-# Prefect with no server: its embedded database lives in the project, offline.
-export PREFECT_HOME ?= $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export DVC_NO_ANALYTICS := 1
+# Prefect's settings (its home .prefect/, no analytics): prefect.toml, read from this folder;
+# DVC's analytics are off in .dvc/config.
 
 .PHONY: pipeline test lint flow bench setup
 

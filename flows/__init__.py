@@ -1,26 +1,7 @@
 """Prefect flows that drive the DVC stages of dvc.yaml.
 
-Importing this package sets offline defaults for Prefect before any flow module imports it:
-no server needed (Prefect starts a temporary one per process, its database under
-PREFECT_HOME, `.prefect/` in the repository by default), no analytics, and a start-up
-timeout that busy machines meet. A variable the user has set is left as it is.
+Their Prefect settings come from prefect.toml in the repository root (Prefect reads it from the
+current directory): the home `.prefect/` (database of the temporary server a run without
+PREFECT_API_URL starts), no analytics, a start-up timeout that busy machines meet. DVC's
+analytics are off in .dvc/config (core.analytics). Importing this package changes nothing.
 """
-
-import os
-from pathlib import Path
-
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "DVC_NO_ANALYTICS": "1",
-}
-
-
-def set_prefect_defaults(root: Path | None = None) -> None:
-    """Set the offline defaults in os.environ where unset; PREFECT_HOME is `<root>/.prefect`."""
-    os.environ.setdefault("PREFECT_HOME", str((root or Path.cwd()).resolve() / ".prefect"))
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
-
-set_prefect_defaults()

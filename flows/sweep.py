@@ -1,69 +1,36 @@
 """Sweeps: a grid of parameter overrides, each point a DVC experiment, compared in one table.
 
-`run_sweep(["train.lr=0.001,0.002", "train.steps=500,1000"], jobs)` runs the cartesian
-product (here four points). With jobs=1 each point is `dvc exp run --temp -S ...`, one after
-the other, each its own task run; with more, every point is queued (`dvc exp run --queue`)
-and DVC's queue runs `jobs` at a time (`dvc exp run --run-all -j jobs`, which is
-`dvc queue start -j jobs` and waits for the queue; experiments queued before run too).
-Experiments start from HEAD plus the workspace's changes. Stages a point does not change come from
-the DVC cache. The workspace and params.yaml are left as they are; `dvc exp apply NAME`
-brings a point into the workspace.
+`run_sweep(["train.lr=0.001,0.002", "train.steps=500,1000"], jobs)` hands the grid to DVC:
+`dvc exp run --queue -n SWEEP -S train.lr=0.001,0.002 -S train.steps=500,1000` queues the
+cartesian product (here four points, SWEEP-1 ... SWEEP-4; DVC refuses a key that params.yaml
+lacks, `+key=...` adds one), then `dvc exp run --run-all -j jobs` runs the queue, `jobs` at a
+time, and waits for it (experiments queued before run too). Experiments start from HEAD plus
+the workspace's changes. Stages a point does not change come from the DVC cache. The
+workspace and params.yaml are left as they are; `dvc exp apply NAME` brings a point into the
+workspace.
 """
 
+import ast
 import csv
 import io
-import itertools
 import json
+import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.states import Failed, State
 
-from flows.pipeline import check_api, flatten, run_logged
+from flows.dvcstages import dvc, dvc_env, run_logged
+from flows.report import flatten
+from flows.server import check_api
 from siamese.atomic import write_text
 from siamese.config import load_params
 from siamese.errors import PipelineError
 
 SWEEPS = Path("reports/sweep")
-
-
-def parse_grid(grid: list[str], params: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """[("train.lr", ["0.001", "0.002"]), ...] from ["train.lr=0.001,0.002", ...]; every key
-    must name a value of params.yaml (a DVC experiment would add an unknown key silently)."""
-    axes: list[tuple[str, list[str]]] = []
-    for item in grid:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise PipelineError(f"{item!r} is not KEY=V1,V2,... (e.g. train.lr=0.001,0.002)")
-        choices = [v.strip() for v in values.split(",")]
-        if not all(choices):
-            raise PipelineError(f"{item!r} has an empty value")
-        node: Any = params
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise PipelineError(f"{key} is not a parameter of params.yaml")
-            node = node[part]
-        if isinstance(node, dict):
-            raise PipelineError(f"{key} is a section of params.yaml, not one value")
-        if key in (k for k, _ in axes):
-            raise PipelineError(f"{key} is given twice; list all its values in one --set")
-        axes.append((key, list(dict.fromkeys(choices))))
-    if not axes:
-        raise PipelineError("no parameters given (--set KEY=V1,V2)")
-    return axes
-
-
-def grid_points(axes: list[tuple[str, list[str]]]) -> list[list[str]]:
-    """The cartesian product: one list of KEY=VALUE overrides per point."""
-    keys = [key for key, _ in axes]
-    return [[f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-            for values in itertools.product(*(values for _, values in axes))]
 
 
 def metrics_files(root: Path) -> list[str]:
@@ -90,33 +57,44 @@ def check_metrics_tracked(root: Path) -> None:
         )
 
 
-def dvc(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]
+def set_args(grid: list[str]) -> list[str]:
+    return [arg for item in grid for arg in ("-S", item)]
 
 
-def set_args(overrides: list[str]) -> list[str]:
-    return [arg for override in overrides for arg in ("-S", override)]
-
-
-@task(name="experiment", task_run_name="{name}")
-def run_experiment(name: str, overrides: list[str], root: str) -> str | State:
-    """One point in a temporary copy of the workspace (`dvc exp run --temp`); a failed point
-    is a Failed task (its output in the log) and the sweep goes on."""
-    status, lines = run_logged(dvc("exp", "run", "--temp", "-n", name, *set_args(overrides)),
+@task(name="queue-grid", task_run_name="queue-{sweep_id}")
+def queue_grid(sweep_id: str, grid: list[str], root: str) -> list[tuple[str, list[str]]]:
+    """Queue every point of the grid (`dvc exp run --queue -S ...`, DVC expands the grid);
+    [(experiment name, its overrides), ...] in DVC's order. A key that params.yaml lacks, or
+    a value DVC cannot parse, is a PipelineError with DVC's own message."""
+    status, lines = run_logged(dvc("exp", "run", "--queue", "-n", sweep_id, *set_args(grid)),
                                Path(root), get_run_logger())
     if status != 0:
-        return Failed(message=f"experiment {name} ({' '.join(overrides)}) failed:\n"
-                      + "\n".join(lines[-30:]))
-    return name
+        first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), -5)
+        message = " ".join(" ".join(lines[first:][:6]).removeprefix("ERROR: ").split())
+        raise PipelineError(f"dvc exp run --queue {' '.join(set_args(grid))}: {message}")
+    return queued_points(lines)
 
 
-@task(name="queue-experiment", task_run_name="queue-{name}")
-def queue_experiment(name: str, overrides: list[str], root: str) -> str:
-    status, lines = run_logged(dvc("exp", "run", "--queue", "-n", name, *set_args(overrides)),
-                               Path(root), get_run_logger())
-    if status != 0:
-        raise PipelineError(f"cannot queue {name}:\n" + "\n".join(lines[-30:]))
-    return name
+QUEUEING = re.compile(r"^Queueing with overrides '(?P<overrides>.*)'\.$")
+QUEUED = re.compile(r"^Queued experiment '(?P<name>[^']+)'")
+
+
+def queued_points(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """The points `dvc exp run --queue` reports: "Queueing with overrides '{'params.yaml':
+    ['train.lr=0.1']}'." then "Queued experiment 'NAME' ..." for each."""
+    points: list[tuple[str, list[str]]] = []
+    overrides: list[str] = []
+    for line in lines:
+        if match := QUEUEING.match(line):
+            by_file = ast.literal_eval(match["overrides"])
+            overrides = [o if file == "params.yaml" else f"{file}:{o}"
+                         for file, items in by_file.items() for o in items]
+        elif match := QUEUED.match(line):
+            points.append((match["name"], overrides))
+            overrides = []
+    if not points:
+        raise PipelineError("dvc exp run --queue queued nothing:\n" + "\n".join(lines[-10:]))
+    return points
 
 
 @task(name="run-queue")
@@ -129,8 +107,6 @@ def run_queue(jobs: int, root: str) -> int:
 
 def experiments(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """`dvc exp show --json`, reduced to the named experiments: name -> its record."""
-    from flows.pipeline import dvc_env
-
     done = subprocess.run(dvc("exp", "show", "--json", "--no-pager"), cwd=root, env=dvc_env(),
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -158,10 +134,10 @@ def metric_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def comparison(points: list[list[str]], names: list[str],
+def comparison(points: list[tuple[str, list[str]]],
                found: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for name, overrides in zip(names, points, strict=True):
+    for name, overrides in points:
         exp = found.get(name)
         row: dict[str, Any] = {"experiment": name, "state": exp["state"] if exp else "failed"}
         row.update(dict(o.split("=", 1) for o in overrides))
@@ -192,18 +168,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".") -> list[dict[str, Any]]:
     """Run every point of the grid as a DVC experiment; store and print the comparison."""
     root = Path(repo).resolve()
-    points = grid_points(parse_grid(grid, load_params(root / "params.yaml")))
     now = time.time()  # to the millisecond: names of experiments must be new
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
-    names = [f"{sweep_id}-{i}" for i in range(1, len(points) + 1)]
-    if jobs == 1:
-        for name, overrides in zip(names, points, strict=True):
-            run_experiment(name, overrides, str(root), return_state=True)
-    else:
-        for name, overrides in zip(names, points, strict=True):
-            queue_experiment(name, overrides, str(root))
-        run_queue(jobs, str(root))
-    rows = comparison(points, names, experiments(root, names))
+    points = queue_grid(sweep_id, grid, str(root))
+    run_queue(jobs, str(root))
+    rows = comparison(points, experiments(root, [name for name, _ in points]))
     write_text(to_csv(rows), root / SWEEPS / f"{sweep_id}.csv")
     write_text(to_markdown(rows), root / SWEEPS / f"{sweep_id}.md")
     create_table_artifact(rows, key="omniglot-sweep", description=f"{sweep_id}: {grid}")
@@ -216,7 +185,8 @@ def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".") -> list[di
     root = Path(repo).resolve()
     if jobs < 1:
         raise PipelineError(f"--jobs must be at least 1, got {jobs}")
-    parse_grid(grid, load_params(root / "params.yaml"))  # a bad grid fails before anything runs
+    if not grid:
+        raise PipelineError("no parameters given (--set KEY=V1,V2)")
     check_metrics_tracked(root)
     check_api()
     rows = sweep_flow(grid=grid, jobs=jobs, repo=str(root))

@@ -115,19 +115,24 @@ def server(tmp_path_factory):
     assert not left, f"the server left processes running: {left}"
 
 
-def test_offline_defaults_are_set_only_where_unset(tmp_path):
-    show = "import os, flows; print(os.environ['PREFECT_HOME']); " \
-        "print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
-    env = cli_env(tmp_path)
-    for name in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+def test_prefect_toml_sets_the_offline_defaults_an_environment_variable_wins(tmp_path):
+    """prefect.toml (read from the current directory, the repository root) puts PREFECT_HOME
+    in its .prefect/ and turns analytics off; importing the flows changes no environment."""
+    (tmp_path / "prefect.toml").write_bytes((REPO / "prefect.toml").read_bytes())
+    show = "import os, flows; from prefect.settings import get_current_settings as g; " \
+        "s = g(); print(s.home.resolve(), s.server.analytics_enabled, " \
+        "s.server.ephemeral.startup_timeout_seconds, os.environ.get('PREFECT_HOME'))"
+    env = cli_env(tmp_path, PYTHONPATH=str(REPO))
+    for name in ("PREFECT_HOME", *OFFLINE):
         env.pop(name)
     done = subprocess.run([sys.executable, "-c", show], cwd=tmp_path, env=env,
                           capture_output=True, text=True, check=True)
-    assert done.stdout.split() == [str(tmp_path.resolve() / ".prefect"), "false"]
+    assert done.stdout.split() == [str(tmp_path.resolve() / ".prefect"), "False", "120", "None"]
     env.update(PREFECT_HOME="/somewhere/else", PREFECT_SERVER_ANALYTICS_ENABLED="true")
     done = subprocess.run([sys.executable, "-c", show], cwd=tmp_path, env=env,
                           capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["/somewhere/else", "true"]
+    assert done.stdout.split() == ["/somewhere/else", "True", "120", "/somewhere/else"]
+    assert "analytics = false" in (REPO / ".dvc" / "config").read_text()
 
 
 def test_bad_cron_and_unreachable_server_fail_clearly(tmp_path):

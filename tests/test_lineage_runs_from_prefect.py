@@ -57,7 +57,7 @@ def test_a_run_with_another_fingerprint_is_flagged(two_runs, tmp_path):
 
 def test_unreachable_server_and_bad_dates_are_one_line_errors(request, tmp_path):
     request.getfixturevalue("prefect_session")  # before prefect is first imported
-    from flows.pipeline import free_port
+    from flows.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     done = run([str(BIN / "siamese"), "lineage", "--runs"], tmp_path, check=False,

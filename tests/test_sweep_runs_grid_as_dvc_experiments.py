@@ -26,23 +26,28 @@ def project(tmp_path_factory):
     return root
 
 
-def test_grid_is_the_cartesian_product_of_known_parameters(sweep):
-    params = {"train": {"lr": 0.1, "steps": 5}, "fetch": {"content": "x"}}
-    axes = sweep.parse_grid(["train.lr=0.1,0.2", "train.steps=1,2,3"], params)
-    points = sweep.grid_points(axes)
-    assert len(points) == 6 and ["train.lr=0.2", "train.steps=3"] in points
-    for bad, message in [(["train.nope=1"], "train.nope is not a parameter of params.yaml"),
-                         (["train=1"], "train is a section"),
-                         (["train.lr"], "is not KEY=V1,V2"),
-                         (["train.lr=0.1,"], "empty value"),
-                         (["train.lr=1", "train.lr=2"], "given twice")]:
-        with pytest.raises(PipelineError, match=message):
-            sweep.parse_grid(bad, params)
+def test_dvc_queues_the_cartesian_product_of_the_grid(sweep, project):
+    """The grid goes to DVC as it is (`-S KEY=V1,V2`); DVC queues one experiment per point
+    and the sweep reads back each point's name and overrides."""
+    grid = ["train.lr=0.1,0.2", "fetch.content=a,b,c"]
+    done = run(sweep.dvc("exp", "run", "--queue", "-n", "grid", *sweep.set_args(grid)), project)
+    try:
+        points = sweep.queued_points(done.stdout.splitlines())
+    finally:
+        run(sweep.dvc("queue", "remove", "--all"), project)
+    assert [name for name, _ in points] == [f"grid-{i}" for i in range(1, 7)]
+    assert points[0][1] == ["train.lr=0.1", "fetch.content=a"]
+    assert ["train.lr=0.2", "fetch.content=c"] in [overrides for _, overrides in points]
+    with pytest.raises(PipelineError, match="queued nothing"):
+        sweep.queued_points(["ERROR: something"])
 
 
 def test_unknown_parameter_or_ignored_metrics_fail_before_any_experiment(sweep, project):
-    with pytest.raises(PipelineError, match="train.momentum is not a parameter"):
-        sweep.run_sweep(["train.lr=0.5", "train.momentum=0.9"], jobs=1, repo=project)
+    with pytest.raises(PipelineError, match=r"(?s)Could not override 'train.momentum'.*"
+                                            r"\+train.momentum=0.9"):
+        sweep.run_sweep(["train.lr=0.5,0.6", "train.momentum=0.9"], jobs=1, repo=project)
+    with pytest.raises(PipelineError, match="no parameters given"):
+        sweep.run_sweep([], jobs=1, repo=project)
     (project / ".gitignore").write_text("/reports/\n")
     try:
         with pytest.raises(PipelineError, match="reports/metrics.json are ignored by git"):
@@ -50,13 +55,14 @@ def test_unknown_parameter_or_ignored_metrics_fail_before_any_experiment(sweep, 
     finally:
         (project / ".gitignore").unlink()
     assert run(["dvc", "exp", "list"], project).stdout.strip() == ""
+    assert "No experiment tasks" in run(["dvc", "queue", "status"], project).stdout
     assert not (project / "reports/sweep").exists()
 
 
 @pytest.mark.slow
 def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, project):
-    """jobs=1: one `dvc exp run --temp` per point (tests/test_pipeline_flow_end_to_end.py
-    runs a queued sweep, jobs=2, on the real pipeline)."""
+    """jobs=1: DVC's queue runs the points one at a time (tests/test_pipeline_flow_end_to_end.py
+    runs a sweep with jobs=2 on the real pipeline)."""
     params = (project / "params.yaml").read_text()
     rows = sweep.run_sweep(["train.lr=0.75,0.25"], jobs=1, repo=project)
     assert [(r["train.lr"], r["state"]) for r in rows] == [("0.75", "success"), ("0.25", "success")]
@@ -71,6 +77,6 @@ def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, projec
     assert (project / "params.yaml").read_text() == params  # the workspace is untouched
     assert "up to date" in run(["dvc", "status"], project).stdout
 
-    with pytest.raises(PipelineError, match=r"1 of 1 experiments failed: sweep-\S+-1 "):
+    with pytest.raises(PipelineError, match=r"1 of 1 experiments failed: sweep-\S+ "):
         sweep.run_sweep(["train.fail=true"], jobs=1, repo=project)
     assert "up to date" in run(["dvc", "status"], project).stdout

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="KEY=V1,V2",
-        help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable)",
+        help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable; DVC expands "
+        "the grid and refuses a key params.yaml lacks)",
     )
     sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once")
 

@@ -83,7 +83,8 @@ def read_runs(since: datetime | None, ids: list[Any] | None = None
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.pipeline import FLOW_NAME, check_api
+    from flows.pipeline import FLOW_NAME
+    from flows.server import check_api
 
     check_api()
     when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since) if since else None,

@@ -1,0 +1,132 @@
+"""DVC's side of the flows: the stages of dvc.yaml in DVC's order, which of them changed, and
+DVC commands run in a process of their own whose output streams line by line.
+
+DVC alone decides whether a stage is up to date (dvc.lock is the one lock file, the DVC cache
+the one cache), so the flow and `dvc repro` skip what the other built.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flows import remote
+from siamese.errors import PipelineError
+
+OUTCOMES = (
+    (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
+    (re.compile(r"^(Stage )?'(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
+)
+
+
+def read_pipeline(root: Path, force: bool = False) -> tuple[list[str], set[str] | None]:
+    """The stages of dvc.yaml in DVC's order (see `ordered_stages`) and those whose status DVC
+    reports, from one opening of the repository. `force`: every stage counts as changed."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # DVC's own, about its trie
+            stages = ordered_stages(repo)
+            return stages, set(stages) if force else changed_stages(repo)
+    except DvcException as e:
+        raise PipelineError(f"{root / 'dvc.yaml'}: DVC cannot read the pipeline: {e}") from None
+
+
+def pipeline_stages(root: Path) -> list[str]:
+    """The stages of dvc.yaml, upstream first (a broken dvc.yaml is a PipelineError)."""
+    return read_pipeline(root, force=True)[0]
+
+
+def ordered_stages(repo: Any) -> list[str]:
+    """The stages in an order that runs each after the stages it depends on; among stages free
+    to run, the order of dvc.yaml decides, so the order is stable."""
+    import networkx as nx
+    from dvc.stage import PipelineStage
+
+    index = repo.index
+    position = {stage: i for i, stage in enumerate(index.stages)}
+    # DVC's graph points from a stage to the stages it depends on.
+    upstream_first = index.graph.reverse(copy=False)
+    ordered = nx.lexicographical_topological_sort(upstream_first, key=position.get)
+    return [address(s, repo.root_dir) for s in ordered if isinstance(s, PipelineStage)]
+
+
+def changed_stages(repo: Any) -> set[str] | None:
+    """The stages whose status DVC reports (changed deps, params, code or outputs), asked under
+    DVC's repository lock; None when DVC cannot tell (the lock held by another DVC process,
+    say): then every stage asks `dvc repro`, which reports the problem."""
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
+    from dvc.repo import lock_repo
+    from dvc.stage import PipelineStage
+
+    try:
+        with lock_repo(repo), remote.quiet_dvc():
+            return {address(stage, repo.root_dir) for stage in repo.index.stages
+                    if isinstance(stage, PipelineStage) and stage.status()}
+    except (LockError, DvcException):
+        return None
+
+
+def address(stage: Any, root_dir: str) -> str:
+    """How `dvc repro`, run in the repository root, names `stage`."""
+    dvcfile = os.path.relpath(stage.dvcfile.path, root_dir)
+    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+
+def dvc(*args: str) -> list[str]:
+    """The command line of `dvc ARGS` with this interpreter's DVC."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment for DVC and the stage commands: this interpreter's bin first on PATH
+    (dvc.yaml calls `siamese`), and unbuffered Python so that output streams line by line."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def stream_command(args: list[str], cwd: Path) -> Iterator[str]:
+    """Run `args` in `cwd`, yield its output (stdout and stderr) line by line; the
+    generator's return value is the exit status."""
+    with subprocess.Popen(
+        args, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1, errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            yield line.rstrip("\n")
+        return proc.wait()
+
+
+def run_logged(args: list[str], cwd: Path, logger: Any) -> tuple[int, list[str]]:
+    """Run `args`, logging each output line; return the exit status and all the lines."""
+    lines: list[str] = []
+    output = stream_command(args, cwd)
+    while True:
+        try:
+            line = next(output)
+        except StopIteration as done:
+            return done.value, lines
+        logger.info(line)
+        lines.append(line)
+
+
+def stage_outcome(stage: str, lines: list[str]) -> str:
+    """What DVC did with `stage`, read from its output: ran, restored or up to date."""
+    for line in lines:
+        for pattern, outcome in OUTCOMES:
+            match = pattern.match(line.strip())
+            if match and match["stage"] == stage:
+                return outcome
+    return "unknown"
