@@ -14,14 +14,6 @@ from tools.bench.timing import child_env, ratio, run_child
 DATA_TARGETS = ("pairs", "trials")
 
 
-def pipeline_env() -> dict[str, str]:
-    """As the Makefile sets it: Prefect's home in the project, its temporary server, offline."""
-    env = child_env()
-    env.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    return env
-
-
 def dvc_clean(env: dict[str, str], *targets: str) -> str | None:
     """None when `dvc status` finds the targets (with their upstream stages) up to date, else
     why not: a no-op repro is only timed when it cannot run a stage."""
@@ -40,7 +32,7 @@ def dvc_clean(env: dict[str, str], *targets: str) -> str | None:
 def bench_dvc_noop() -> dict[str, Any]:
     """A no-op `dvc repro`: of the whole pipeline when it is all up to date, else of the data
     stages (`dvc repro pairs trials`) when they are; never a repro that would run a stage."""
-    env = pipeline_env()
+    env = child_env()
     targets: list[str] = []
     why = dvc_clean(env)
     if why:
@@ -63,8 +55,8 @@ def bench_pipeline(stages: int, noop: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": noop.get("whole_pipeline") or noop.get("skipped", "")}
     empty = "from prefect import flow\nflow(name='empty')(lambda: None)()"
     try:
-        start = run_child([sys.executable, "-c", empty], Path("."), pipeline_env())
-        flow = run_child([sys.executable, "-m", "tools.cli", "run"], Path("."), pipeline_env())
+        start = run_child([sys.executable, "-c", empty], Path("."), child_env())
+        flow = run_child([sys.executable, "-m", "tools.cli", "run"], Path("."), child_env())
     except PipelineError as e:
         return {"skipped": str(e)[-300:]}
     return {

@@ -49,9 +49,8 @@ def run_child(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a child: this interpreter's bin first on PATH (dvc calls `siamese`)."""
+    """The environment of a child: this interpreter's bin first on PATH (dvc calls `siamese`).
+    Prefect's settings come from prefect.toml (children run in the repository root)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return env
