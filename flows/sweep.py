@@ -27,7 +27,6 @@ from flows.dvcstages import dvc, dvc_env, run_logged
 from flows.report import flatten
 from flows.server import check_api
 from siamese.atomic import write_text
-from siamese.config import load_params
 from siamese.errors import PipelineError
 
 SWEEPS = Path("reports/sweep")
