@@ -86,14 +86,19 @@ def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict
         "",
         "## n-way one-shot accuracy",
         "",
-        "| trial set | n-way | trials | accuracy | 95% CI (Wilson) | chance |",
-        "|---|---|---|---|---|---|",
+        "| trial set | n-way | trials | accuracy | 95% CI (Wilson) | 95% CI (alphabets) | chance |",
+        "|---|---|---|---|---|---|---|",
     ]
     for trial_set, n, entry in accuracy_rows(metrics):
         lo, hi = entry["ci95"]
+        a_lo, a_hi = entry["ci95_alphabets"]
         lines.append(f"| {trial_set} | {n} | {entry['trials']} | {entry['accuracy']:.1%} | "
-                         f"[{lo:.1%}, {hi:.1%}] | {1 / n:.1%} |")
-    lines += ["", "A trial whose answer is among k tied top scores counts 1/k.", ""]
+                     f"[{lo:.1%}, {hi:.1%}] | [{a_lo:.1%}, {a_hi:.1%}] over "
+                     f"{entry['alphabets']} | {1 / n:.1%} |")
+    lines += ["", "A trial whose answer is among k tied top scores counts 1/k. The Wilson "
+              "interval treats trials as independent; the alphabets' interval is a bootstrap "
+              "that resamples whole alphabets (their trials share characters, and Lake's runs "
+              "their candidates), so it is the one to read across models.", ""]
     lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), "",
               "The decision is P(same) > 0.5; the train stage sets the head's bias on the train "
               "pairs (an objective over a trial's candidates leaves it free). The AUC needs no "

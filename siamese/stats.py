@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BOOTSTRAP_RESAMPLES = 4000
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -27,6 +28,22 @@ def accuracy_entry(credits: np.ndarray, count_key: str = "trials") -> dict[str, 
     lo, hi = wilson_interval(float(np.sum(credits)), n)
     accuracy = float(np.mean(credits)) if n else 0.0
     return {"accuracy": round(accuracy, 4), "ci95": [round(lo, 4), round(hi, 4)], count_key: n}
+
+
+def alphabet_interval(credits: np.ndarray, alphabets: np.ndarray, seed: int,
+                      resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """95% interval of the accuracy that respects how the trials are clustered: a percentile
+    bootstrap that resamples whole alphabets with replacement (all the trials of an alphabet
+    share its characters, and Lake's runs, two per alphabet, share their candidates), so it
+    is wider than the Wilson interval, which treats every trial as independent.
+    {"ci95_alphabets": [lo, hi], "alphabets": k}, rounded to 4 digits."""
+    names, index = np.unique(np.asarray(alphabets), return_inverse=True)
+    sums = np.bincount(index, weights=np.asarray(credits, dtype=np.float64))
+    counts = np.bincount(index)
+    picks = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
+    accuracies = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    lo, hi = np.quantile(accuracies, [0.025, 0.975])
+    return {"ci95_alphabets": [round(float(lo), 4), round(float(hi), 4)], "alphabets": len(names)}
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:

@@ -25,7 +25,7 @@ from siamese.evalreport import draw_per_alphabet, draw_pictures, report_markdown
 from siamese.images import load_pixels, to_tensor
 from siamese.model import load_model
 from siamese.scoring import credit, embed_images, trial_scores
-from siamese.stats import accuracy_entry, roc_auc, roc_points
+from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
 TRIAL_COLUMNS = (
@@ -161,11 +161,15 @@ def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame
     return entry, roc_points(logits, same)
 
 
-def summarize(predictions: pd.DataFrame, verification: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json: {trial_set: {"<n>-way": accuracy entry}, ..., "verification": {...}}."""
+def summarize(predictions: pd.DataFrame, verification: dict[str, Any], seed: int
+              ) -> dict[str, Any]:
+    """metrics.json: {trial_set: {"<n>-way": accuracy entry}, ..., "verification": {...}};
+    each entry has the Wilson interval and the bootstrap over alphabets (seeded by `seed`)."""
     metrics: dict[str, Any] = {}
     for (trial_set, n_way), group in predictions.groupby(["trial_set", "n_way"], sort=True):
-        metrics.setdefault(trial_set, {})[f"{n_way}-way"] = accuracy_entry(group["credit"])
+        entry = accuracy_entry(group["credit"])
+        entry.update(alphabet_interval(group["credit"], group["alphabet"], seed))
+        metrics.setdefault(trial_set, {})[f"{n_way}-way"] = entry
     metrics["verification"] = verification
     return metrics
 
@@ -245,7 +249,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, model, trials)
     verification, roc = verify_pairs(table, model, valid_pairs)
-    metrics = summarize(predictions, verification)
+    metrics = summarize(predictions, verification, cfg.seed)
 
     alphabets = per_alphabet(predictions)
     chosen = choose_pictures(predictions, cfg.pictures, cfg.seed)

@@ -103,7 +103,8 @@ def test_oracle_scores_every_trial_right(data_root):
     metrics = evaluate.run(params())
 
     assert set(metrics) == {"valid", "lake", "verification"}
-    assert metrics["valid"]["5-way"] == {"accuracy": 1.0, "ci95": [0.7225, 1.0], "trials": 10}
+    assert metrics["valid"]["5-way"] == {"accuracy": 1.0, "ci95": [0.7225, 1.0], "trials": 10,
+                                         "ci95_alphabets": [1.0, 1.0], "alphabets": 2}
     assert metrics["valid"]["3-way"]["accuracy"] == 1.0
     assert metrics["lake"]["5-way"]["accuracy"] == 1.0
     assert metrics["verification"] == {"accuracy": 1.0, "ci95": [0.8389, 1.0], "pairs": 20,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from siamese.stats import accuracy_entry, roc_auc, wilson_interval
+from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,32 @@ def test_roc_curve_and_its_sampled_points():
     assert points["fpr"].tolist() == [0, 0.25, 0.5, 0.75, 1]
     assert points["tpr"].tolist() == [0.3333, 1, 1, 1, 1]
     assert roc_points(scores, np.ones(7, dtype=bool)).empty
+
+
+def test_the_alphabet_bootstrap_is_wider_than_wilson_when_alphabets_differ():
+    # 20 alphabets of 40 trials, half of them all right and half all wrong: the 800 trials
+    # carry the information of 20, and the interval must say so.
+    alphabets = np.repeat([f"a{i}" for i in range(20)], 40)
+    credits = np.repeat(np.arange(20) % 2, 40).astype(float)
+    entry = alphabet_interval(credits, alphabets, seed=5)
+    lo, hi = entry["ci95_alphabets"]
+    w_lo, w_hi = accuracy_entry(credits)["ci95"]
+    assert entry["alphabets"] == 20
+    assert lo < 0.5 < hi
+    assert hi - lo > 3 * (w_hi - w_lo)
+    assert lo > 0.25 and hi < 0.75  # about 0.5 +- 1.96 * sqrt(0.25 / 20) = [0.28, 0.72]
+
+
+def test_the_alphabet_bootstrap_collapses_when_every_alphabet_scores_the_same():
+    alphabets = np.repeat(["a", "b", "c"], [10, 20, 30])
+    credits = np.tile([1.0, 0.0], 30)  # each alphabet exactly half right
+    assert alphabet_interval(credits, alphabets, seed=1)["ci95_alphabets"] == [0.5, 0.5]
+
+
+def test_the_alphabet_bootstrap_is_reproducible_from_its_seed():
+    rng = np.random.default_rng(0)
+    alphabets = rng.integers(0, 12, 500).astype(str)
+    credits = (rng.random(500) < 0.8).astype(float)
+    first = alphabet_interval(credits, alphabets, seed=7)
+    assert first == alphabet_interval(credits, alphabets, seed=7)
+    assert first != alphabet_interval(credits, alphabets, seed=8)
