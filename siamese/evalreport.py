@@ -113,9 +113,9 @@ def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict
 
 
 def accuracy_rows(metrics: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """(trial_set, n, entry) of metrics.json: valid, evaluation, lake, then any other set;
-    the largest n first within a set."""
-    known = ("valid", "evaluation", "lake")
+    """(trial_set, n, entry) of metrics.json: valid, holdout, evaluation, lake, then any other
+    set; the largest n first within a set."""
+    known = ("valid", "holdout", "evaluation", "lake")
     rows = [(trial_set, int(way.removesuffix("-way")), entry)
             for trial_set, ways in metrics.items() if trial_set != "verification"
             for way, entry in ways.items()]

@@ -1,7 +1,9 @@
 """trials: n-way one-shot trials (Koch's within-alphabet protocol) and Lake's 20 official runs.
 
-trial_set valid samples from the role-valid images, evaluation from the role-test images,
-lake is the 20 runs of all_runs.zip (400 trials, 20-way). `sample_trials` is the one sampler
+trial_set valid samples from the role-valid images (training stops early on them), holdout
+from the role-holdout images of alphabets with no test image (hyperparameters are chosen on
+them), evaluation from the role-test images (reported once, never chosen on), lake is the 20
+runs of all_runs.zip (400 trials, 20-way). `sample_trials` is the one sampler
 of trials; other code (training episodes, benchmarks) can reuse it.
 """
 
@@ -15,7 +17,8 @@ from siamese.atomic import write_parquet
 from siamese.config import TrialsConfig
 from siamese.errors import PipelineError
 
-SETS = (("valid", "valid"), ("evaluation", "test"))
+# holdout last: the valid and evaluation trials stay those of earlier versions (one rng)
+SETS = (("valid", "valid"), ("evaluation", "test"), ("holdout", "holdout"))
 COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer"]
 
 
@@ -101,9 +104,12 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
     p = TrialsConfig.parse(params)
     rng = np.random.default_rng(p.seed)
     labelled = images.merge(split, on="image_id", validate="one_to_one")
+    test_alphabets = set(labelled.loc[labelled["role"] == "test", "alphabet"])
     parts = []
     for trial_set, role in SETS:
         pool = labelled[labelled["role"] == role]
+        if role == "holdout":  # choosing on a test alphabet's other drawers would leak
+            pool = pool[~pool["alphabet"].isin(test_alphabets)]
         for n_way in p.n_way:
             skipped = too_small(pool, n_way)
             if len(skipped) == pool["alphabet"].nunique():

@@ -128,13 +128,14 @@ def test_trials_follow_kochs_protocol(real_data_root, images, labelled):
     trials = pd.read_parquet(real_data_root / paths.TRIALS)
     sizes = trials.groupby(["trial_set", "n_way"]).size().to_dict()
     assert sizes == {("evaluation", 5): 800, ("evaluation", 20): 800, ("lake", 20): 400,
-                     ("valid", 5): 1200, ("valid", 20): 1040}
+                     ("valid", 5): 1200, ("valid", 20): 1040,
+                     ("holdout", 5): 1200, ("holdout", 20): 1040}
     for _, group in trials.groupby(["trial_set", "n_way"]):
         assert group["trial_id"].tolist() == list(range(len(group)))
     sampled = trials[trials["trial_set"] != "lake"]
     check_trials(sampled, images, one_drawer=True)
     role = labelled.set_index("image_id")["role"]
-    for trial_set, wanted in (("valid", "valid"), ("evaluation", "test")):
+    for trial_set, wanted in (("valid", "valid"), ("holdout", "holdout"), ("evaluation", "test")):
         part = sampled[sampled["trial_set"] == trial_set]
         ids = np.concatenate([part["query_id"], np.concatenate(part["candidate_ids"].to_numpy())])
         assert (role[ids] == wanted).all()
