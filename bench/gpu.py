@@ -251,9 +251,9 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
     from siamese import paths
     from siamese.images import load_pixels
     from siamese.model import load_model
-    from siamese.scoring import credit, trial_scores
+    from siamese.scoring import credit
     from siamese.stats import accuracy_entry
-    from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids
+    from tasks.evaluate import embedding_table, needed_keys, table_scores
 
     model, meta = load_model(paths.MODEL, device)
     pixels = load_pixels(paths.PIXELS)
@@ -267,9 +267,10 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
         n_way = int(chosen["n_way"].max())
         group = chosen[chosen["n_way"] == n_way].sort_values("trial_id")
         start = time.perf_counter()
-        table = embedding_table(model, pixels, needed_ids(group, no_pairs), device,
+        table_keys = needed_keys(group, no_pairs)
+        table = embedding_table(model, pixels, table_keys, device,
                                 int(params["evaluate"]["batch_size"]))
-        scores = trial_scores(EmbeddingTable(model), table, group, "cpu", len(table))
+        scores = table_scores(table, table_keys, model, group)
         got = credit(scores, group["answer"].to_numpy(dtype=np.int64))
         out[f"{trial_set} {n_way}-way"] = {
             **accuracy_entry(got), "seconds": round(time.perf_counter() - start, 2)}

@@ -168,11 +168,26 @@ def fetch_source(value: Any, name: str) -> str:
     return os.environ.get("OMNIGLOT_SOURCE") or typed(value, name, str)
 
 
-def n_ways(value: list, name: str) -> tuple[int, ...]:
+def int_list(value: list, name: str, lo: int) -> tuple[int, ...]:
+    """A non-empty list of integers >= lo, sorted, each once."""
     if not value or not all(isinstance(n, int) and not isinstance(n, bool) for n in value):
         raise PipelineError(f"params.yaml: {name} must be a list of integers, got {value!r}")
-    if min(value) < 2:
-        raise PipelineError(f"params.yaml: {name} values must be >= 2, got {value!r}")
+    if min(value) < lo:
+        raise PipelineError(f"params.yaml: {name} values must be >= {lo}, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
+def n_ways(value: list, name: str) -> tuple[int, ...]:
+    return int_list(value, name, 2)
+
+
+def k_shots(value: list, name: str) -> tuple[int, ...]:
+    return int_list(value, name, 1)
+
+
+def names(value: list, name: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in value):
+        raise PipelineError(f"params.yaml: {name} must be a list of names, got {value!r}")
     return tuple(sorted(set(value)))
 
 
@@ -227,12 +242,13 @@ class IndexConfig(Section):
 @dataclass(frozen=True)
 class SplitConfig(Section):
     SECTION: ClassVar[str] = "split"
-    protocol: str = param(str, choices=("lake", "koch"))
+    protocol: str = param(str, choices=("lake", "koch", "vinyals"))
     by: str = param(str, choices=("drawer", "image"))
     train_drawers: int = param(int, lo=1)
     valid_drawers: int = param(int, lo=1)
     holdout_drawers: int = param(int, lo=1)
     seed: int = param(int, lo=0)
+    vinyals_train_alphabets: tuple[str, ...] = param(list, check=names)
 
     @property
     def drawers(self) -> int:
@@ -266,6 +282,9 @@ class TrialsConfig(Section):
     n_way: tuple[int, ...] = param(list, check=n_ways)
     per_alphabet: int = param(int, lo=1)
     seed: int = param(int, lo=0)
+    vinyals_n_way: tuple[int, ...] = param(list, check=n_ways)
+    k_shot: tuple[int, ...] = param(list, check=k_shots)
+    vinyals_trials: int = param(int, lo=1)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from siamese import paths
 from siamese.augment import distort
 from siamese.config import TrainConfig
 from siamese.errors import PipelineError
-from siamese.images import load_pixels, to_tensor
+from siamese.images import load_pixels, rotate, to_tensor
 
 
 @dataclass
@@ -81,15 +81,6 @@ def sample_episode(rng: np.random.Generator, groups: list[list[np.ndarray]], alp
             block.append(k)
             turns.append(g % rotations)
     return np.array(support), np.array(query), np.array(block), np.array(turns)
-
-
-def rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate image i of [B, 1, S, S] by turns[i] quarter turns."""
-    for k in range(1, 4):
-        chosen = turns == k
-        if chosen.any():
-            x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
-    return x
 
 
 def next_batch(cfg: TrainConfig, data: Data, rng: np.random.Generator, gen: torch.Generator,

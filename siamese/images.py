@@ -11,11 +11,15 @@ import re
 import struct
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from siamese.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
 
 SIZE = 105
 
@@ -191,4 +195,13 @@ def to_tensor(images: np.ndarray, size: int):
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+def rotate(x: "torch.Tensor", turns: "torch.Tensor") -> "torch.Tensor":
+    """Rotate image i of a tensor [B, 1, S, S] by turns[i] quarter turns (in place)."""
+    for k in range(1, 4):
+        chosen = turns == k
+        if chosen.any():
+            x[chosen] = x[chosen].rot90(k, dims=(2, 3))
     return x

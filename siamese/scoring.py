@@ -1,7 +1,12 @@
-"""Scoring n-way one-shot trials with a twin network: embed each image once, then the head.
+"""Scoring n-way k-shot trials with a twin network: embed each image once, then the head.
 
-A 20-way trial costs 21 embeddings (shared with every other trial naming the same images),
-not 20 twin passes. `credit` turns scores into per-trial credit, tie-aware.
+A trial names n classes by k support images each (candidate_ids, class-major) and the quarter
+turns of each class (turns; the query is turned as its answer's class). The head compares the
+query's embedding with each class's prototype, the mean of its k support embeddings: one rule
+for every head, which for k = 1 is the plain one-shot comparison. An embedding is of an image
+at some turns (its key, `keys`), computed once for every trial naming it: a 20-way one-shot
+trial costs 21 embeddings (shared with the other trials), not 20 twin passes. `credit` turns
+scores into per-trial credit, tie-aware.
 """
 
 import numpy as np
@@ -9,16 +14,26 @@ import pandas as pd
 import torch
 
 from siamese.errors import PipelineError
+from siamese.images import rotate
+
+TURNS = 4  # quarter turns an image can be seen at
+
+
+def keys(ids: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """The key of each (image_id, quarter turns): one embedding per key."""
+    return np.asarray(ids, dtype=np.int64) * TURNS + np.asarray(turns, dtype=np.int64)
 
 
 def embed_images(model, images: torch.Tensor, ids: np.ndarray, device: torch.device | str,
-                 batch_size: int = 512) -> torch.Tensor:
-    """Embeddings [len(ids), D] (float32, on the CPU) of `images[ids]`, in eval mode, no grad.
+                 batch_size: int = 512, turns: np.ndarray | None = None) -> torch.Tensor:
+    """Embeddings [len(ids), D] (float32, on the CPU) of `images[ids]`, each turned by its
+    `turns` quarter turns (none by default), in eval mode, no grad.
 
     The model's train/eval mode is restored afterwards, so training can validate mid-run.
     """
     net = getattr(model, "module", model)
     ids = np.array(ids, dtype=np.int64)  # a writable copy, as torch.from_numpy wants
+    turns = np.zeros_like(ids) if turns is None else np.array(turns, dtype=np.int64)
     check_ids(ids, len(images))
     was_training = net.training
     net.eval()
@@ -26,7 +41,10 @@ def embed_images(model, images: torch.Tensor, ids: np.ndarray, device: torch.dev
     try:
         with torch.no_grad():
             for start in range(0, len(ids), batch_size):
-                batch = images[torch.from_numpy(ids[start : start + batch_size])].to(device)
+                part = slice(start, start + batch_size)
+                batch = images[torch.from_numpy(ids[part])].to(device)
+                if turns[part].any():
+                    batch = rotate(batch, torch.from_numpy(turns[part]).to(batch.device))
                 out.append(net.embed(batch).float().cpu())
     finally:
         net.train(was_training)
@@ -44,29 +62,52 @@ def check_ids(ids: np.ndarray, n_images: int) -> None:
         )
 
 
-def trial_scores(model, images: torch.Tensor, trials: pd.DataFrame, device: torch.device | str,
-                 batch_size: int = 512) -> np.ndarray:
-    """Head logits [T, n] of each trial's query against each of its n candidates.
+def trial_keys(trials: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(query keys [T], support keys [T, n, k]) of trials of one n_way and k_shot.
 
-    `trials` holds trials of one n_way (columns query_id, candidate_ids); `images` is indexed
-    by image_id.
+    Without a k_shot column a trial is one-shot, without turns unturned (classify's trials).
     """
-    if len(trials) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    candidates = np.array([np.asarray(c, dtype=np.int64) for c in trials["candidate_ids"]])
-    if candidates.ndim != 2:
-        raise PipelineError("trial_scores: trials of different n_way; score one n_way at a time")
-    queries = trials["query_id"].to_numpy(dtype=np.int64)
-    everything = np.concatenate([queries, candidates.ravel()])
-    distinct, inverse = np.unique(everything, return_inverse=True)
-    emb = embed_images(model, images, distinct, device, batch_size)
-    q = emb[torch.from_numpy(inverse[: len(queries)])]
-    c = emb[torch.from_numpy(inverse[len(queries) :])].view(*candidates.shape, -1)
+    k_shot = trials["k_shot"].unique() if "k_shot" in trials else np.array([1])
+    supports = np.array([np.asarray(c, dtype=np.int64) for c in trials["candidate_ids"]])
+    if len(k_shot) != 1 or supports.ndim != 2 or supports.shape[1] % k_shot[0]:
+        raise PipelineError("trial_keys: trials of different n_way or k_shot; score one "
+                            "(n_way, k_shot) at a time")
+    supports = supports.reshape(len(trials), -1, int(k_shot[0]))
+    if "turns" not in trials:
+        return keys(trials["query_id"], 0), keys(supports, 0)
+    turns = np.array([np.asarray(t, dtype=np.int64) for t in trials["turns"]])
+    query_turns = turns[np.arange(len(trials)), trials["answer"].to_numpy(dtype=np.int64)]
+    return keys(trials["query_id"], query_turns), keys(supports, turns[:, :, None])
+
+
+def prototype_scores(model, queries: torch.Tensor, supports: torch.Tensor) -> np.ndarray:
+    """Head logits [T, n] of query embeddings [T, D] against the prototypes of support
+    embeddings [T, n, k, D] (the mean over k), on the head's device."""
     net = getattr(model, "module", model)
     head_device = next(net.head.parameters()).device
     with torch.no_grad():
-        logits = net.score(q[:, None, :].to(head_device), c.to(head_device))
+        prototypes = supports.to(head_device).mean(dim=2)
+        logits = net.score(queries[:, None, :].to(head_device), prototypes)
     return logits.float().cpu().numpy()
+
+
+def trial_scores(model, images: torch.Tensor, trials: pd.DataFrame, device: torch.device | str,
+                 batch_size: int = 512) -> np.ndarray:
+    """Head logits [T, n] of each trial's query against each of its n classes.
+
+    `trials` holds trials of one n_way and k_shot (columns query_id, candidate_ids, and
+    k_shot, turns and answer where they are not one-shot, unturned); `images` is indexed by
+    image_id.
+    """
+    if len(trials) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    queries, supports = trial_keys(trials)
+    distinct, inverse = np.unique(np.concatenate([queries, supports.ravel()]),
+                                  return_inverse=True)
+    emb = embed_images(model, images, distinct // TURNS, device, batch_size, distinct % TURNS)
+    q = emb[torch.from_numpy(inverse[: len(queries)])]
+    s = emb[torch.from_numpy(inverse[len(queries) :])].view(*supports.shape, -1)
+    return prototype_scores(model, q, s)
 
 
 def credit(scores: np.ndarray, answers: np.ndarray) -> np.ndarray:

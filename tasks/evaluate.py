@@ -1,11 +1,13 @@
-"""`siamese evaluate`: n-way one-shot accuracy, verification accuracy, report and pictures.
+"""`siamese evaluate`: n-way k-shot accuracy, verification accuracy, report and pictures.
 
 Reads the best checkpoint (models/model.pt), the packed pixels and the trials and pairs
 manifests; writes reports/metrics.json (DVC metrics) and the folder reports/evaluate:
 predictions.parquet (one row per trial), per_alphabet.csv and .png, roc.csv (the verification
 ROC curve), pictures/ (a few trials drawn) and report.md (drawn by siamese/evalreport.py).
-per_alphabet/<set>-<n>way.csv (per_alphabet.csv split by trial set) and roc.csv are DVC
-plots (dvc.yaml), for `dvc plots diff`. Accuracy gives a
+per_alphabet/<set>-<n>way[-<k>shot].csv (per_alphabet.csv split by trial set) and roc.csv are
+DVC plots (dvc.yaml), for `dvc plots diff`. Trials are grouped by (trial_set, n_way, k_shot);
+each image is embedded once per quarter turns it is seen at (embedding_table), then trial
+scoring is the head alone (siamese.scoring.prototype_scores). Accuracy gives a
 trial 1/k credit when its answer is among k tied top scores, so a model that cannot tell the
 candidates apart scores chance, 1/n.
 """
@@ -21,16 +23,26 @@ from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
 from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
-from siamese.evalreport import draw_per_alphabet, draw_pictures, report_markdown, summary_line
+from siamese.evalreport import (
+    draw_per_alphabet,
+    draw_pictures,
+    file_label,
+    headline,
+    report_markdown,
+    summary_line,
+    way_key,
+)
 from siamese.images import load_pixels, to_tensor
 from siamese.model import load_model
-from siamese.scoring import credit, embed_images, trial_scores
+from siamese.scoring import TURNS, credit, embed_images, keys, prototype_scores, trial_keys
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
 TRIAL_COLUMNS = (
     "trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
+    "k_shot", "turns",
 )
+GROUP = ["trial_set", "n_way", "k_shot"]  # trials scored and summarized together
 
 
 def read_config(params: dict[str, Any]) -> EvaluateConfig:
@@ -41,7 +53,8 @@ def read_config(params: dict[str, Any]) -> EvaluateConfig:
 
 
 def check_trials(trials: pd.DataFrame, n_images: int, path: Path) -> None:
-    """Every trial must name known images, n_way candidates and an answer among them."""
+    """Every trial must name known images, n_way * k_shot candidates, n_way quarter turns
+    (0..3) and an answer among the n_way classes."""
     missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
     if missing:
         raise PipelineError(f"{path}: missing columns {', '.join(missing)}")
@@ -49,18 +62,22 @@ def check_trials(trials: pd.DataFrame, n_images: int, path: Path) -> None:
         raise PipelineError(f"{path}: holds no trials; check trials.n_way and the split")
     for row in trials.itertuples(index=False):
         ids = np.append(np.asarray(row.candidate_ids, dtype=np.int64), row.query_id)
-        where = f"{path}: trial {row.trial_set} {row.n_way}-way #{row.trial_id}"
+        where = f"{path}: trial {row.trial_set} {way_key(row.n_way, row.k_shot)} #{row.trial_id}"
         if ids.min() < 0 or ids.max() >= n_images:
             bad = ids[(ids < 0) | (ids >= n_images)].tolist()
             raise PipelineError(
                 f"{where} names unknown image ids {bad} (the packed pixels hold {n_images} "
                 "images); are the trials and the pixels from the same index run?"
             )
-        if len(ids) - 1 != row.n_way or not 0 <= row.answer < row.n_way:
+        if len(ids) - 1 != row.n_way * row.k_shot or not 0 <= row.answer < row.n_way:
             raise PipelineError(
-                f"{where} has {len(ids) - 1} candidates and answer {row.answer}; "
-                f"expected {row.n_way} candidates and an answer in 0..{row.n_way - 1}"
+                f"{where} has {len(ids) - 1} candidates and answer {row.answer}; expected "
+                f"{row.n_way * row.k_shot} candidates and an answer in 0..{row.n_way - 1}"
             )
+        turns = np.asarray(row.turns)
+        if len(turns) != row.n_way or not np.isin(turns, np.arange(TURNS)).all():
+            raise PipelineError(f"{where} has turns {turns.tolist()}; expected {row.n_way} "
+                                f"quarter turns in 0..{TURNS - 1}")
 
 
 def check_pair_ids(pairs: pd.DataFrame, n_images: int, path: Path) -> None:
@@ -77,61 +94,61 @@ def check_pair_ids(pairs: pd.DataFrame, n_images: int, path: Path) -> None:
 # --- scoring ----------------------------------------------------------------------------------
 
 
-class EmbeddingTable(torch.nn.Module):
-    """The model seen by scoring.trial_scores when its 'images' are embeddings already.
-
-    Each image is embedded once (embedding_table) for all trial sets and the pairs; trial
-    scoring, then, is the head alone: embed is the identity, score is the model's.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = getattr(model, "module", model)
-        self.head = self.model.head
-        self.dim = self.model.dim
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.model.score(a, b)
+def trial_groups(trials: pd.DataFrame):
+    """((trial_set, n_way, k_shot), its trials in trial_id order), in GROUP order."""
+    for key, group in trials.groupby(GROUP, sort=True):
+        yield key, group.sort_values("trial_id")
 
 
-def embedding_table(model, pixels: np.ndarray, ids: np.ndarray, device: torch.device | str,
-                    batch_size: int, chunk: int = 4096) -> torch.Tensor:
-    """Embeddings [N, D] indexed by image_id: rows `ids` computed (preprocessed as in training,
-    at the model's image size), the others zero."""
+def needed_keys(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """Every (image_id, quarter turns) key (siamese.scoring.keys) that a trial or a pair
+    names, once, sorted: the rows of the embedding table."""
+    parts = [keys(pairs["left_id"], 0), keys(pairs["right_id"], 0)]
+    for _, group in trial_groups(trials):
+        queries, supports = trial_keys(group)
+        parts += [queries, supports.ravel()]
+    return np.unique(np.concatenate(parts))
+
+
+def embedding_table(model, pixels: np.ndarray, table_keys: np.ndarray,
+                    device: torch.device | str, batch_size: int, chunk: int = 4096
+                    ) -> torch.Tensor:
+    """Embeddings [len(table_keys), D]: row i is the image of key i (preprocessed as in
+    training, at the model's image size) turned by its quarter turns."""
     net = getattr(model, "module", model)
-    table = torch.zeros(len(pixels), net.dim)
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        images = to_tensor(pixels[part], net.image_size)
-        table[torch.from_numpy(part)] = embed_images(model, images, np.arange(len(part)), device,
-                                                     batch_size)
-    return table
+    rows = [torch.zeros(0, net.dim)]
+    for start in range(0, len(table_keys), chunk):
+        part = table_keys[start : start + chunk]
+        images = to_tensor(pixels[part // TURNS], net.image_size)
+        rows.append(embed_images(model, images, np.arange(len(part)), device, batch_size,
+                                 part % TURNS))
+    return torch.cat(rows)
 
 
-def needed_ids(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
-    """Every image_id that a trial or a pair names, once."""
-    return np.unique(np.concatenate([
-        trials["query_id"].to_numpy(dtype=np.int64),
-        np.concatenate(trials["candidate_ids"].map(np.asarray).tolist()).astype(np.int64),
-        pairs["left_id"].to_numpy(dtype=np.int64),
-        pairs["right_id"].to_numpy(dtype=np.int64),
-    ]))
+def lookup(table: torch.Tensor, table_keys: np.ndarray, wanted: np.ndarray) -> torch.Tensor:
+    """The table's rows of the keys `wanted` (any shape [..., D])."""
+    return table[torch.from_numpy(np.searchsorted(table_keys, wanted))]
 
 
-def predict_trials(table: torch.Tensor, model, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: the predicted candidate (first top score), credit and all scores."""
+def table_scores(table: torch.Tensor, table_keys: np.ndarray, model,
+                 trials: pd.DataFrame) -> np.ndarray:
+    """Head logits [T, n] of trials of one (n_way, k_shot), embeddings from the table."""
+    queries, supports = trial_keys(trials)
+    return prototype_scores(model, lookup(table, table_keys, queries),
+                            lookup(table, table_keys, supports))
+
+
+def predict_trials(table: torch.Tensor, table_keys: np.ndarray, model,
+                   trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: the predicted class (first top score), credit and all scores."""
     frames = []
-    scorer = EmbeddingTable(model)
-    for (trial_set, n_way), group in trials.groupby(["trial_set", "n_way"], sort=True):
-        group = group.sort_values("trial_id")
-        scores = trial_scores(scorer, table, group, "cpu", batch_size=len(table))
+    for (trial_set, n_way, k_shot), group in trial_groups(trials):
+        scores = table_scores(table, table_keys, model, group)
         answers = group["answer"].to_numpy(dtype=np.int64)
         frames.append(pd.DataFrame({
             "trial_set": trial_set,
             "n_way": np.int64(n_way),
+            "k_shot": np.int64(k_shot),
             "trial_id": group["trial_id"].to_numpy(dtype=np.int64),
             "alphabet": group["alphabet"].to_numpy(),
             "query_id": group["query_id"].to_numpy(dtype=np.int64),
@@ -143,16 +160,16 @@ def predict_trials(table: torch.Tensor, model, trials: pd.DataFrame) -> pd.DataF
     return pd.concat(frames, ignore_index=True)
 
 
-def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame
+def verify_pairs(table: torch.Tensor, table_keys: np.ndarray, model, pairs: pd.DataFrame
                  ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Same/different accuracy (sigmoid(logit) > 0.5) and ROC AUC on the given pairs, and the
     ROC curve (fpr, tpr, logit threshold; siamese.stats.roc_points)."""
     if len(pairs) == 0:
         return {"pairs": 0}, roc_points(np.zeros(0), np.zeros(0, dtype=bool))
-    left = torch.tensor(pairs["left_id"].to_numpy(dtype=np.int64))
-    right = torch.tensor(pairs["right_id"].to_numpy(dtype=np.int64))
+    left = lookup(table, table_keys, keys(pairs["left_id"], 0))
+    right = lookup(table, table_keys, keys(pairs["right_id"], 0))
     with torch.no_grad():
-        logits = model.score(table[left], table[right]).numpy()
+        logits = model.score(left, right).numpy()
     same = pairs["same"].to_numpy(dtype=bool)
     entry = accuracy_entry((logits > 0) == same, count_key="pairs")
     auc = roc_auc(logits, same)
@@ -163,44 +180,44 @@ def verify_pairs(table: torch.Tensor, model, pairs: pd.DataFrame
 
 def summarize(predictions: pd.DataFrame, verification: dict[str, Any], seed: int
               ) -> dict[str, Any]:
-    """metrics.json: {trial_set: {"<n>-way": accuracy entry}, ..., "verification": {...}};
-    each entry has the Wilson interval and the bootstrap over alphabets (seeded by `seed`)."""
+    """metrics.json: {trial_set: {"<n>-way": accuracy entry, "<n>-way-<k>-shot": ...}, ...,
+    "verification": {...}}; each entry has the Wilson interval and the bootstrap over
+    alphabets (seeded by `seed`)."""
     metrics: dict[str, Any] = {}
-    for (trial_set, n_way), group in predictions.groupby(["trial_set", "n_way"], sort=True):
+    for (trial_set, n_way, k_shot), group in predictions.groupby(GROUP, sort=True):
         entry = accuracy_entry(group["credit"])
         entry.update(alphabet_interval(group["credit"], group["alphabet"], seed))
-        metrics.setdefault(trial_set, {})[f"{n_way}-way"] = entry
+        metrics.setdefault(trial_set, {})[way_key(n_way, k_shot)] = entry
     metrics["verification"] = verification
     return metrics
 
 
 def per_alphabet(predictions: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    keys = ["trial_set", "n_way", "alphabet"]
-    for (trial_set, n_way, alphabet), group in predictions.groupby(keys, sort=True):
+    for (trial_set, n_way, k_shot, alphabet), group in predictions.groupby(
+            [*GROUP, "alphabet"], sort=True):
         entry = accuracy_entry(group["credit"])
-        rows.append({"trial_set": trial_set, "n_way": n_way, "alphabet": alphabet,
+        rows.append({"trial_set": trial_set, "n_way": n_way, "k_shot": k_shot, "alphabet": alphabet,
                      "trials": entry["trials"], "accuracy": entry["accuracy"],
                      "ci95_low": entry["ci95"][0], "ci95_high": entry["ci95"][1]})
     return pd.DataFrame(rows)
 
 
 def choose_pictures(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """`count` trials of each trial set at its largest n-way, drawn with `seed`."""
+    """`count` trials of each trial set at its largest n-way (fewest shots), drawn with `seed`."""
     rng = np.random.default_rng(seed)
     chosen = []
-    for _, group in predictions.groupby("trial_set", sort=True):
-        group = group[group["n_way"] == group["n_way"].max()]
+    for _, group in predictions[headline(predictions)].groupby("trial_set", sort=True):
         picks = np.sort(rng.choice(len(group), size=min(count, len(group)), replace=False))
         chosen.append(group.iloc[picks])
     return pd.concat(chosen, ignore_index=True)
 
 
 def plot_tables(alphabets: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """per_alphabet/<set>-<n>way.csv: the rows of per_alphabet.csv of one trial set and n-way,
-    one DVC plot each (a plot shows one file; the sets share alphabet names)."""
-    return {f"per_alphabet/{trial_set}-{n_way}way.csv": group.drop(columns=["trial_set", "n_way"])
-            for (trial_set, n_way), group in alphabets.groupby(["trial_set", "n_way"], sort=True)}
+    """per_alphabet/<set>-<n>way[-<k>shot].csv: the rows of per_alphabet.csv of one trial set,
+    n-way and k-shot, one DVC plot each (a plot shows one file; the sets share alphabet names)."""
+    return {f"per_alphabet/{trial_set}-{file_label(n_way, k_shot)}.csv": group.drop(columns=GROUP)
+            for (trial_set, n_way, k_shot), group in alphabets.groupby(GROUP, sort=True)}
 
 
 def write_report_dir(target: Path, predictions: pd.DataFrame, alphabets: pd.DataFrame,
@@ -244,11 +261,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     character = index["character"].set_axis(index["image_id"])
 
     valid_pairs = pairs[pairs["role"] == "valid"]
-    ids = needed_ids(trials, valid_pairs)
-    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
+    table_keys = needed_keys(trials, valid_pairs)
+    table = embedding_table(model, pixels, table_keys, cfg.device, cfg.batch_size)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
-    predictions = predict_trials(table, model, trials)
-    verification, roc = verify_pairs(table, model, valid_pairs)
+    predictions = predict_trials(table, table_keys, model, trials)
+    verification, roc = verify_pairs(table, table_keys, model, valid_pairs)
     metrics = summarize(predictions, verification, cfg.seed)
 
     alphabets = per_alphabet(predictions)

@@ -8,6 +8,14 @@ holdout_drawers. What each slice becomes depends on the alphabet:
 - protocol koch (Koch et al. 2015): the 10 alphabets of Lake's 20 runs are test on the third
   slice; of the other 40, a seeded 30 train on the first slice and 10 validate on the second.
   Every other image is holdout, so the drawers of train, valid and test stay disjoint.
+- protocol vinyals (Vinyals et al. 2016, the few-shot literature's split): 1,200 training
+  characters and 423 test characters, classes from any alphabet (each character's quarter
+  turns become classes of their own in training, train.rotations, and in the vinyals trials).
+  The published split (Snell et al.'s splits/vinyals) lists characters, not alphabets; this is
+  an alphabet-level split with the published counts: the background alphabets and the
+  evaluation alphabets of split.vinyals_train_alphabets (their default: the first seven
+  evaluation alphabets by name, as in the published list, plus Kannada, 195 + 41 = 236
+  characters) train | valid | holdout, like protocol lake; every other image is test.
 """
 
 from typing import Any
@@ -39,9 +47,10 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfi
                    rng: np.random.Generator) -> dict[str, tuple[str, str, str]]:
     """alphabet -> the roles of its three slices."""
     subsets = images.drop_duplicates("alphabet").set_index("alphabet")["subset"].sort_index()
-    if p.protocol == "lake":
-        return {a: ("train", "valid", "holdout") if s == "background" else ("test",) * 3
-                for a, s in subsets.items()}
+    if p.protocol in ("lake", "vinyals"):
+        training = set(subsets.index[subsets == "background"]) | vinyals_training(subsets, p)
+        return {a: ("train", "valid", "holdout") if a in training else ("test",) * 3
+                for a in subsets.index}
     others = [a for a in subsets.index if a not in lake_alphabets]
     if len(others) <= KOCH_TRAIN_ALPHABETS:
         raise PipelineError(
@@ -53,6 +62,21 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfi
     plans.update({a: ("train", "holdout", "holdout") for a in shuffled[:KOCH_TRAIN_ALPHABETS]})
     plans.update({a: ("holdout", "valid", "holdout") for a in shuffled[KOCH_TRAIN_ALPHABETS:]})
     return plans
+
+
+def vinyals_training(subsets: pd.Series, p: SplitConfig) -> set[str]:
+    """The evaluation alphabets that train under protocol vinyals (none under the others)."""
+    if p.protocol != "vinyals":
+        return set()
+    chosen = set(p.vinyals_train_alphabets)
+    unknown = sorted(chosen - set(subsets.index[subsets == "evaluation"]))
+    if unknown:
+        raise PipelineError(f"params.yaml: split.vinyals_train_alphabets names {', '.join(unknown)}"
+                            f", not evaluation alphabets of {paths.IMAGES}")
+    if chosen == set(subsets.index[subsets == "evaluation"]):
+        raise PipelineError("params.yaml: split.vinyals_train_alphabets leaves no evaluation "
+                            "alphabet to test on")
+    return chosen
 
 
 def slice_of(order: np.ndarray, p: SplitConfig) -> np.ndarray:

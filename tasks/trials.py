@@ -5,6 +5,12 @@ from the role-holdout images of alphabets with no test image (hyperparameters ar
 them), evaluation from the role-test images (reported once, never chosen on), lake is the 20
 runs of all_runs.zip (400 trials, 20-way). `sample_trials` is the one sampler
 of trials; other code (training episodes, benchmarks) can reuse it.
+
+Under split.protocol vinyals, trial set vinyals adds the few-shot literature's n-way k-shot
+trials (`vinyals_trials`): across the role-test alphabets, a class is a character at a quarter
+turn, each class gives k support drawings, the query is another drawing of the answer's class.
+candidate_ids lists n * k ids class-major, turns the quarter turns of each class (the query's
+are its answer's); every other set has k_shot 1 and turns 0.
 """
 
 from typing import Any
@@ -14,12 +20,14 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_parquet
-from siamese.config import TrialsConfig
+from siamese.config import SplitConfig, TrialsConfig
 from siamese.errors import PipelineError
 
 # holdout last: the valid and evaluation trials stay those of earlier versions (one rng)
 SETS = (("valid", "valid"), ("evaluation", "test"), ("holdout", "holdout"))
-COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer"]
+COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
+           "k_shot", "turns"]
+TURNS = 4  # quarter turns: each test character is TURNS classes in the vinyals trials
 
 
 def too_small(images: pd.DataFrame, n_way: int) -> list[str]:
@@ -95,7 +103,58 @@ def lake_trials(images: pd.DataFrame, lake: pd.DataFrame) -> pd.DataFrame:
     return number(trials, "lake", len(positions))
 
 
+def class_images(pool: pd.DataFrame, k_shot: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(alphabet of each character, its image ids one per drawer) of the vinyals trials' pool;
+    every character needs k_shot support drawers and one more for the query."""
+    pool = pool.sort_values(["character_id", "drawer", "image_id"])
+    pool = pool.drop_duplicates(["character_id", "drawer"])
+    groups = [g for _, g in pool.groupby("character_id", sort=True)]
+    fewest = min(len(g) for g in groups)
+    if fewest < k_shot + 1:
+        raise PipelineError(
+            f"params.yaml: trials.k_shot {k_shot} needs {k_shot + 1} drawers per test character "
+            f"(k supports and a query), but some in {paths.SPLIT} have {fewest}")
+    return (np.array([g["alphabet"].iloc[0] for g in groups]),
+            [g["image_id"].to_numpy(dtype=np.int64) for g in groups])
+
+
+def vinyals_trials(pool: pd.DataFrame, n_way: int, k_shot: int, count: int,
+                   rng: np.random.Generator) -> pd.DataFrame:
+    """`count` n-way k-shot trials over the classes (character, quarter turn) of `pool`.
+
+    Each class draws k + 1 drawings by distinct drawers: k supports, and the answer's last one
+    is the query.
+    """
+    alphabets, drawings = class_images(pool, k_shot)
+    classes = len(drawings) * TURNS
+    if classes < n_way:
+        raise PipelineError(f"params.yaml: trials.vinyals_n_way {n_way} is more than the "
+                            f"{classes} classes of the test characters in {paths.SPLIT}")
+    rows = []
+    for _ in range(count):
+        chosen = rng.choice(classes, size=n_way, replace=False)
+        answer = int(rng.integers(n_way))
+        picks = [ids[rng.choice(len(ids), size=k_shot + 1, replace=False)]
+                 for ids in (drawings[c // TURNS] for c in chosen)]
+        candidates = [int(i) for pick in picks for i in pick[:k_shot]]
+        rows.append((alphabets[chosen[answer] // TURNS], int(picks[answer][k_shot]), candidates,
+                     answer, (chosen % TURNS).tolist()))
+    return pd.DataFrame(rows, columns=["alphabet", "query_id", "candidate_ids", "answer",
+                                       "turns"]).assign(k_shot=k_shot)
+
+
+def vinyals_sets(labelled: pd.DataFrame, p: TrialsConfig,
+                 rng: np.random.Generator) -> list[pd.DataFrame]:
+    """Trial set vinyals: p.vinyals_trials trials per (n-way, k-shot) from the test images."""
+    pool = labelled[labelled["role"] == "test"]
+    return [number(vinyals_trials(pool, n_way, k_shot, p.vinyals_trials, rng), "vinyals", n_way)
+            for n_way in p.vinyals_n_way for k_shot in p.k_shot]
+
+
 def number(trials: pd.DataFrame, trial_set: str, n_way: int) -> pd.DataFrame:
+    """Trial set, n_way and trial ids 0.. of one part; one-shot, unturned unless it says."""
+    if "k_shot" not in trials:
+        trials = trials.assign(k_shot=1, turns=[[0] * n_way] * len(trials))
     return trials.assign(trial_set=trial_set, n_way=n_way, trial_id=np.arange(len(trials)))
 
 
@@ -122,9 +181,11 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
             sampled = sample_trials(pool, n_way, p.per_alphabet, rng)
             parts.append(number(sampled, trial_set, n_way))
     parts.append(lake_trials(images, lake))
+    if SplitConfig.parse(params).protocol == "vinyals":  # drawn last: the others stay as they were
+        parts += vinyals_sets(labelled, p, rng)
     trials = pd.concat(parts, ignore_index=True)[COLUMNS]
     return trials.astype({"n_way": "int64", "trial_id": "int64", "query_id": "int64",
-                          "answer": "int64"})
+                          "answer": "int64", "k_shot": "int64"})
 
 
 def run(params: dict[str, Any]) -> None:
@@ -133,5 +194,6 @@ def run(params: dict[str, Any]) -> None:
     lake = paths.read_manifest(paths.LAKE_RUNS, "index")
     trials = build_trials(images, split, lake, params)
     write_parquet(trials, paths.TRIALS)
-    counts = trials.groupby(["trial_set", "n_way"], sort=False).size()
-    print("trials: " + ", ".join(f"{s} {n}-way {c}" for (s, n), c in counts.items()))
+    counts = trials.groupby(["trial_set", "n_way", "k_shot"], sort=False).size()
+    print("trials: " + ", ".join(f"{s} {n}-way{f' {k}-shot' * (k > 1)} {c}"
+                                 for (s, n, k), c in counts.items()))

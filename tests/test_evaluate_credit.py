@@ -57,7 +57,7 @@ def make_trials() -> pd.DataFrame:
                     "trial_set": trial_set, "n_way": n_way, "alphabet": alphabet,
                     "query_id": image_id(a, c, 0),
                     "candidate_ids": [image_id(a, k, 1 + c % 2) for k in chars],
-                    "answer": chars.index(c),
+                    "answer": chars.index(c), "k_shot": 1, "turns": [0] * n_way,
                 })
     trials = pd.DataFrame(rows)
     trials.insert(2, "trial_id", trials.groupby(["trial_set", "n_way"]).cumcount())

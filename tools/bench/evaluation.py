@@ -40,13 +40,13 @@ class EmbedCounter:
 def project_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame,
                          batch_size: int) -> np.ndarray:
     """The evaluate stage's scoring: each image the trials name embedded once (embedding_table),
-    then siamese.scoring.trial_scores runs the head alone on the table."""
-    from siamese.scoring import trial_scores
-    from tasks.evaluate import EmbeddingTable, embedding_table, needed_ids
+    then the head alone on the table (table_scores)."""
+    from tasks.evaluate import embedding_table, needed_keys, table_scores
 
     no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
-    table = embedding_table(model, pixels, needed_ids(trials, no_pairs), "cpu", batch_size)
-    return trial_scores(EmbeddingTable(model), table, trials, "cpu", batch_size=len(table))
+    table_keys = needed_keys(trials, no_pairs)
+    table = embedding_table(model, pixels, table_keys, "cpu", batch_size)
+    return table_scores(table, table_keys, model, trials)
 
 
 def compare_scoring(model, pixels: np.ndarray, trials: pd.DataFrame, seed_trials: int,
