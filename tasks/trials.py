@@ -109,6 +109,9 @@ def class_images(pool: pd.DataFrame, k_shot: int) -> tuple[np.ndarray, list[np.n
     pool = pool.sort_values(["character_id", "drawer", "image_id"])
     pool = pool.drop_duplicates(["character_id", "drawer"])
     groups = [g for _, g in pool.groupby("character_id", sort=True)]
+    if not groups:
+        raise PipelineError(f"{paths.SPLIT}: no role-test image for the vinyals trials; "
+                            "rerun the split stage with split.protocol vinyals")
     fewest = min(len(g) for g in groups)
     if fewest < k_shot + 1:
         raise PipelineError(
