@@ -154,6 +154,16 @@ def vinyals_sets(labelled: pd.DataFrame, p: TrialsConfig,
             for n_way in p.vinyals_n_way for k_shot in p.k_shot]
 
 
+def runs_on_test_alphabets(official: pd.DataFrame, test_alphabets: set[str]) -> pd.DataFrame:
+    """Lake's runs whose alphabet is a test alphabet: under protocol vinyals some of the runs'
+    alphabets train, and their runs would score characters the network learned."""
+    kept = official[official["alphabet"].isin(test_alphabets)]
+    dropped = sorted(set(official["alphabet"]) - test_alphabets)
+    if dropped:
+        print(f"trials: lake leaves out the runs of {', '.join(dropped)} (training alphabets)")
+    return kept.assign(trial_id=np.arange(len(kept)))
+
+
 def number(trials: pd.DataFrame, trial_set: str, n_way: int) -> pd.DataFrame:
     """Trial set, n_way and trial ids 0.. of one part; one-shot, unturned unless it says."""
     if "k_shot" not in trials:
@@ -183,9 +193,11 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
                 print(f"trials: {trial_set} {n_way}-way leaves out {', '.join(skipped)}")
             sampled = sample_trials(pool, n_way, p.per_alphabet, rng)
             parts.append(number(sampled, trial_set, n_way))
-    parts.append(lake_trials(images, lake))
+    official = lake_trials(images, lake)
     if SplitConfig.parse(params).protocol == "vinyals":  # drawn last: the others stay as they were
+        official = runs_on_test_alphabets(official, test_alphabets)
         parts += vinyals_sets(labelled, p, rng)
+    parts.insert(len(SETS) * len(p.n_way), official)
     trials = pd.concat(parts, ignore_index=True)[COLUMNS]
     return trials.astype({"n_way": "int64", "trial_id": "int64", "query_id": "int64",
                           "answer": "int64", "k_shot": "int64"})

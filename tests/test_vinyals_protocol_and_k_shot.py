@@ -88,11 +88,20 @@ def test_other_sets_are_unchanged_by_the_vinyals_trials(images, split, lake, tri
     lake_protocol = vinyals_params()
     lake_protocol["split"]["protocol"] = "lake"
     without = build_trials(images, split, lake, lake_protocol)
-    others = trials[trials["trial_set"] != "vinyals"].reset_index(drop=True)
+    without = without[without["trial_set"] != "lake"].reset_index(drop=True)
+    others = trials[~trials["trial_set"].isin(["vinyals", "lake"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(others, without)
     assert (without["k_shot"] == 1).all()
     assert all(list(t) == [0] * n for t, n in zip(without["turns"], without["n_way"],
                                                    strict=True))
+
+
+def test_lake_runs_of_vinyals_training_alphabets_are_left_out(split, trials):
+    official = trials[trials["trial_set"] == "lake"]
+    role = split.set_index("image_id")["role"]
+    ids = np.concatenate([official["query_id"], *official["candidate_ids"]])
+    assert (role[ids] == "test").all()
+    assert len(official) == 240 and official["trial_id"].tolist() == list(range(240))
 
 
 def test_default_params_give_no_vinyals_trials(real_data_root):
