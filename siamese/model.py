@@ -90,16 +90,21 @@ class CosineHead(ScaledHead):
 HEADS: dict[str, type[nn.Module]] = {
     "koch": KochHead, "euclidean": EuclideanHead, "cosine": CosineHead,
 }
+DEFAULT_HEAD = "koch"  # the head of every checkpoint saved before heads had a name
 
 
 def make_head(name: str, dim: int) -> nn.Module:
+    """The head named `name` for `dim`-feature embeddings (only koch has weights per feature)."""
     if name not in HEADS:
         raise PipelineError(f"train.head must be one of {', '.join(HEADS)}; got {name!r}")
     return HEADS[name](dim)
 
 
 class SiameseNet(nn.Module):
-    """Embedding net + head: logit of 'same character' for two images; sigmoid -> P(same)."""
+    """Embedding net + head: logit of 'same character' for two images; sigmoid -> P(same).
+
+    The head is options["head"] (DEFAULT_HEAD when absent); options keep its name either way.
+    """
 
     def __init__(self, arch: str, image_size: int, options: dict[str, Any],
                  features: nn.Module, dim: int):
@@ -109,7 +114,7 @@ class SiameseNet(nn.Module):
         self.options = dict(options)
         self.features = features
         self.dim = dim
-        self.head = make_head(self.options["head"], dim)
+        self.head = make_head(self.options.setdefault("head", DEFAULT_HEAD), dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] float (ink = 1) -> [B, D]."""
@@ -162,7 +167,8 @@ def conv_output_size(convs: nn.Module, image_size: int, arch: str) -> int:
 def koch_init(model: nn.Module) -> None:
     """Koch's initialisation: conv weights N(0, 0.01), FC weights N(0, 0.2), biases N(0.5, 0.01).
 
-    (0.01 and 0.2 are the paper's standard deviations; the head is an FC layer.)
+    (0.01 and 0.2 are the paper's standard deviations; the koch head is an FC layer, the
+    other heads keep their scale and bias.)
     """
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -195,10 +201,12 @@ def resolve_device(name: str, source: str) -> torch.device:
     return device
 
 
-def build_model(arch: str, image_size: int, head: str = "koch", **options: Any) -> SiameseNet:
+def build_model(arch: str, image_size: int, head: str = DEFAULT_HEAD, **options: Any
+                ) -> SiameseNet:
     """Build an architecture with a head by name; unknown names or options raise PipelineError.
 
-    `head` defaults to koch: the head of every checkpoint saved before heads had a name.
+    A checkpoint without `head` in its model_options gets DEFAULT_HEAD, the head it was saved
+    with.
     """
     options = dict(options)
     init = options.pop("init", "default")

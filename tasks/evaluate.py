@@ -23,7 +23,7 @@ from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.evalreport import draw_per_alphabet, draw_pictures, report_markdown, summary_line
 from siamese.images import load_pixels, to_tensor
-from siamese.model import load_model
+from siamese.model import SiameseNet, load_model
 from siamese.scoring import credit, embed_images, trial_scores
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
@@ -37,7 +37,7 @@ def read_config(params: dict[str, Any]) -> EvaluateConfig:
     return EvaluateConfig.parse(params)
 
 
-def check_head(params: dict[str, Any], model: torch.nn.Module) -> None:
+def check_head(params: dict[str, Any], model: SiameseNet) -> None:
     """The model must have the head that params.yaml: train.head names (when it names one): a
     model.pt trained with another head would report that head's accuracy as this one's."""
     train = params.get("train")
