@@ -295,6 +295,7 @@ class TrainConfig(Section):
     width: int = param(int, lo=1)
     embedding: int = param(int, lo=1)
     init: str = param(str, choices=("default", "koch"))
+    head: str = param(str, choices=("koch", "euclidean", "cosine"))  # siamese.model.HEADS
     objective: str = param(str, choices=("episodes", "pairs"))
     device: str = param(check=device_name)
     seed: int = param(int, lo=0)
@@ -323,9 +324,10 @@ class TrainConfig(Section):
         return config
 
     def model_options(self) -> dict[str, Any]:
+        common = {"init": self.init, "head": self.head}
         if self.arch == "compact":
-            return {"width": self.width, "embedding": self.embedding, "init": self.init}
-        return {"init": self.init}
+            return {"width": self.width, "embedding": self.embedding, **common}
+        return common
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,30 @@
-"""The twin network: an embedding net shared by both inputs, and Koch's weighted-L1 head.
+"""The twin network: an embedding net shared by both inputs, and a head that scores two embeddings.
 
-`build_model(arch, image_size, **options)` builds one of the architectures below;
-`save_checkpoint` / `load_model` write and read the checkpoint dict that every stage shares.
+`build_model(arch, image_size, head=..., **options)` builds one of the architectures below with
+one of the heads; `save_checkpoint` / `load_model` write and read the checkpoint dict that every
+stage shares.
 
 Architectures (train.arch):
 - koch: Koch et al. 2015 exactly: conv 64@10x10, ReLU, maxpool 2, 128@7x7, ReLU, pool,
   128@4x4, ReLU, pool, 256@4x4, ReLU, flatten, FC 4096 + sigmoid (38,951,745 parameters
-  at 105x105 with the head). Option `init: koch` draws Koch's initial weights.
+  at 105x105 with the koch head). Option `init: koch` draws Koch's initial weights.
 - compact: `depth` blocks of conv3x3 (`width` channels) + batch norm + ReLU + maxpool 2,
   flatten, linear to `embedding` features: fast on a CPU at 28x28.
+
+Heads (train.head): each maps embeddings a, b [..., D] (broadcasting) to the logit of "same
+character", and has a `bias` that the train stage calibrates.
+- koch: Koch's weighted L1, w . |a - b| + bias (the checkpoint keys head.weight, head.bias of
+  every model before heads had a name; a checkpoint without `head` in its options is koch).
+- euclidean: a prototypical network's -scale * ||a - b||^2 + bias.
+- cosine: scale * cos(a, b) + bias.
 """
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from siamese.atomic import atomic_path
@@ -27,8 +37,74 @@ CHECKPOINT_KEYS = (
 )
 
 
+class KochHead(nn.Linear):
+    """Koch's weighted L1: logit = w . |a - b| + bias.
+
+    An nn.Linear(dim, 1), so that its state_dict keys (head.weight, head.bias) and Koch's
+    initialisation are those of every checkpoint saved before heads had a name.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(dim, 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.abs(a - b)).squeeze(-1)
+
+
+class ScaledHead(nn.Module):
+    """logit = scale * similarity(a, b) + bias, scale > 0 learnt as its log (so it never flips
+    sign); the bias is what the train stage calibrates."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * self.similarity(a, b) + self.bias
+
+
+class EuclideanHead(ScaledHead):
+    """A prototypical network's negative squared distance (scale starts at 1)."""
+
+    def __init__(self, dim: int):
+        super().__init__(scale=1.0)
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return -(a - b).square().sum(-1)
+
+
+class CosineHead(ScaledHead):
+    """Cosine similarity; cos lies in [-1, 1], so the scale starts at 10 for a usable softmax."""
+
+    def __init__(self, dim: int):
+        super().__init__(scale=10.0)
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "koch": KochHead, "euclidean": EuclideanHead, "cosine": CosineHead,
+}
+DEFAULT_HEAD = "koch"  # the head of every checkpoint saved before heads had a name
+
+
+def make_head(name: str, dim: int) -> nn.Module:
+    """The head named `name` for `dim`-feature embeddings (only koch has weights per feature)."""
+    if name not in HEADS:
+        raise PipelineError(f"train.head must be one of {', '.join(HEADS)}; got {name!r}")
+    return HEADS[name](dim)
+
+
 class SiameseNet(nn.Module):
-    """Embedding net + Koch's head: logit = w . |f(x1) - f(x2)| + bias; sigmoid -> P(same)."""
+    """Embedding net + head: logit of 'same character' for two images; sigmoid -> P(same).
+
+    The head is options["head"] (DEFAULT_HEAD when absent); options keep its name either way.
+    """
 
     def __init__(self, arch: str, image_size: int, options: dict[str, Any],
                  features: nn.Module, dim: int):
@@ -38,7 +114,7 @@ class SiameseNet(nn.Module):
         self.options = dict(options)
         self.features = features
         self.dim = dim
-        self.head = nn.Linear(dim, 1)
+        self.head = make_head(self.options.setdefault("head", DEFAULT_HEAD), dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] float (ink = 1) -> [B, D]."""
@@ -48,7 +124,7 @@ class SiameseNet(nn.Module):
 
     def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Logits of 'same character' for embeddings [..., D] and [..., D] (broadcasting)."""
-        return self.head(torch.abs(a - b)).squeeze(-1)
+        return self.head(a, b)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.score(self.embed(x1), self.embed(x2))
@@ -91,7 +167,8 @@ def conv_output_size(convs: nn.Module, image_size: int, arch: str) -> int:
 def koch_init(model: nn.Module) -> None:
     """Koch's initialisation: conv weights N(0, 0.01), FC weights N(0, 0.2), biases N(0.5, 0.01).
 
-    (0.01 and 0.2 are the paper's standard deviations; the head is an FC layer.)
+    (0.01 and 0.2 are the paper's standard deviations; the koch head is an FC layer, the
+    other heads keep their scale and bias.)
     """
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -124,8 +201,13 @@ def resolve_device(name: str, source: str) -> torch.device:
     return device
 
 
-def build_model(arch: str, image_size: int, **options: Any) -> SiameseNet:
-    """Build an architecture by name; unknown names or options raise PipelineError."""
+def build_model(arch: str, image_size: int, head: str = DEFAULT_HEAD, **options: Any
+                ) -> SiameseNet:
+    """Build an architecture with a head by name; unknown names or options raise PipelineError.
+
+    A checkpoint without `head` in its model_options gets DEFAULT_HEAD, the head it was saved
+    with.
+    """
     options = dict(options)
     init = options.pop("init", "default")
     if init not in INITS:
@@ -143,7 +225,7 @@ def build_model(arch: str, image_size: int, **options: Any) -> SiameseNet:
         raise PipelineError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     if options:
         raise PipelineError(f"arch {arch}: unknown model options {sorted(options)}")
-    model = SiameseNet(arch, image_size, {**kept, "init": init}, features, dim)
+    model = SiameseNet(arch, image_size, {**kept, "init": init, "head": head}, features, dim)
     if init == "koch":
         koch_init(model)
     return model
@@ -201,7 +283,8 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[Si
         first = str(e).strip().splitlines()[:3]
         raise PipelineError(
             f"{path}: weights do not match arch {checkpoint['arch']!r} at image_size "
-            f"{checkpoint['image_size']} (a checkpoint of another architecture?): {' '.join(first)}"
+            f"{checkpoint['image_size']} with head {model.options['head']!r} (a checkpoint of "
+            f"another architecture or head?): {' '.join(first)}"
         ) from None
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     return model.to(device).eval(), meta

@@ -1,8 +1,8 @@
 """What training minimises and how: the two objectives, the optimiser, the learning rate.
 
 - EpisodeLoss (train.objective: episodes): each query is scored against every support of
-  its alphabet with the Koch head and a softmax cross-entropy picks its own character, in
-  both directions; the one-shot test's own form.
+  its alphabet with the model's head (train.head) and a softmax cross-entropy picks its own
+  character, in both directions; the one-shot test's own form.
 - PairLoss (pairs): binary cross-entropy of "same character" on pairs (Koch's objective).
 """
 

@@ -33,7 +33,7 @@ from siamese.evalreport import (
     way_key,
 )
 from siamese.images import load_pixels, to_tensor
-from siamese.model import load_model
+from siamese.model import SiameseNet, load_model
 from siamese.scoring import TURNS, credit, embed_images, keys, prototype_scores, trial_keys
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
@@ -47,6 +47,18 @@ GROUP = ["trial_set", "n_way", "k_shot"]  # trials scored and summarized togethe
 
 def read_config(params: dict[str, Any]) -> EvaluateConfig:
     return EvaluateConfig.parse(params)
+
+
+def check_head(params: dict[str, Any], model: SiameseNet) -> None:
+    """The model must have the head that params.yaml: train.head names (when it names one): a
+    model.pt trained with another head would report that head's accuracy as this one's."""
+    train = params.get("train")
+    wanted = train.get("head") if isinstance(train, dict) else None
+    trained = model.options["head"]
+    if wanted is not None and wanted != trained:
+        raise PipelineError(
+            f"{paths.MODEL} was trained with head {trained} but params.yaml: train.head is "
+            f"{wanted}; rerun the train stage (dvc repro)")
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -248,9 +260,12 @@ def read_dataset(path: Path) -> dict[str, Any]:
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate models/model.pt on every trial set and the valid pairs; returns the metrics."""
+    """Evaluate models/model.pt on every trial set and the valid pairs; returns the metrics.
+
+    Reads the evaluate section and train.head (to refuse a model.pt of another head)."""
     cfg = read_config(params)
     model, meta = load_model(paths.MODEL, cfg.device)
+    check_head(params, model)
     pixels = load_pixels(paths.PIXELS)
     trials = paths.read_manifest(paths.TRIALS, "trials")
     check_trials(trials, len(pixels), paths.TRIALS)

@@ -4,8 +4,9 @@ Objectives (train.objective, siamese/objectives.py):
 - pairs: binary cross-entropy on the train pairs of pairs.parquet (Koch's objective).
 - episodes: per step, `episode_alphabets` alphabets x up to `episode_characters` characters x
   2 distinct drawers; each query is scored against every support of its alphabet with the
-  Koch head and a softmax cross-entropy picks its own character, in both directions. This is
-  the one-shot test's own form, and on a CPU it beats pairs by ~25 points (notes).
+  model's head (train.head) and a softmax cross-entropy picks its own character, in both
+  directions. This is the one-shot test's own form, and on a CPU it beats pairs by ~25 points
+  (notes).
 
 The run is reproducible and resumable: every random draw comes from generators seeded from
 train.seed whose states are saved, with the model, optimiser and best-so-far, in

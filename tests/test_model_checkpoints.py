@@ -13,7 +13,8 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
     loaded, meta = load_model(tmp_path / "m.pt", "cpu")
     assert meta == {"arch": "compact", "image_size": 28, "step": 7, "valid_accuracy": 0.5,
                     "params_digest": "abc",
-                    "model_options": {"width": 8, "depth": 4, "embedding": 16, "init": "default"}}
+                    "model_options": {"width": 8, "depth": 4, "embedding": 16, "init": "default",
+                                      "head": "koch"}}
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(loaded(x, x.flip(0)), model.eval()(x, x.flip(0)))
     assert not loaded.training
