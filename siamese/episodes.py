@@ -83,13 +83,27 @@ def sample_episode(rng: np.random.Generator, groups: list[list[np.ndarray]], alp
     return np.array(support), np.array(query), np.array(block), np.array(turns)
 
 
-def rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate image i of [B, 1, S, S] by turns[i] quarter turns."""
+def rotate(x: torch.Tensor, turns: np.ndarray) -> torch.Tensor:
+    """Rotate image i of [B, 1, S, S] by turns[i] quarter turns.
+
+    Which images turn is decided here on the host, from the numpy turns, so that no step
+    waits for the device to answer a question about its own tensors.
+    """
     for k in range(1, 4):
-        chosen = turns == k
-        if chosen.any():
-            x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+        chosen = np.flatnonzero(turns == k)
+        if len(chosen):
+            index = to_device(chosen, x.device)
+            x[index] = torch.rot90(x[index], k, dims=(2, 3))
     return x
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` as a tensor on `device`; to a GPU through pinned memory without waiting for it
+    (a plain copy from pageable memory makes the host wait for the device)."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def next_batch(cfg: TrainConfig, data: Data, rng: np.random.Generator, gen: torch.Generator,
@@ -99,12 +113,12 @@ def next_batch(cfg: TrainConfig, data: Data, rng: np.random.Generator, gen: torc
         support, query, block, turns = sample_episode(
             rng, data.alphabets, cfg.episode_alphabets, cfg.episode_characters, cfg.rotations)
         ids, side = np.concatenate([support, query]), block
-        x = data.images[torch.from_numpy(ids).to(device)]
+        x = data.images[to_device(ids, device)]
         if cfg.rotations > 1:
-            x = rotate(x, torch.from_numpy(np.concatenate([turns, turns])).to(device))
+            x = rotate(x, np.concatenate([turns, turns]))
     else:
         count = min(cfg.batch_pairs, len(data.pairs))
         rows = data.pairs[rng.choice(len(data.pairs), size=count, replace=False)]
         ids, side = np.concatenate([rows[:, 0], rows[:, 1]]), rows[:, 2]
-        x = data.images[torch.from_numpy(ids).to(device)]
-    return distort(x, gen, cfg.augment_probability), torch.from_numpy(side).to(device)
+        x = data.images[to_device(ids, device)]
+    return distort(x, gen, cfg.augment_probability), to_device(side, device)
