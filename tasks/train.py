@@ -30,9 +30,10 @@ chosen first (each rank its own GPU, or the CPU), then the process group (nccl o
 on the CPU); each rank draws its own episodes, rank 0 evaluates, averages the weights, logs
 and writes checkpoints.
 
-The step never waits for the device: the loss stays there until a log point (LOG_POINTS per
-evaluation interval), which reads the losses since the last one at once; the batch's indices
-are decided on the host and copied without waiting.
+On a GPU the step does not make the host wait for the device: the loss stays there until a
+log point (LOG_POINTS per evaluation interval) reads the losses since the last one at once
+(the progress bar shows those), and a batch's indices, rotations and distortions are decided
+on the host and copied from pinned memory.
 
 This file is the loop; the data and batches are in siamese/episodes.py, the objectives and
 optimiser in siamese/objectives.py, process set-up in siamese/distributed.py, the logs in
@@ -164,8 +165,8 @@ def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
             # The one wait for the device between evaluations: the losses since the last log.
             mean = float(np.mean(torch.stack(losses).double().cpu().numpy()))
             now = time.monotonic()
-            bar.set_postfix_str(f"loss {mean:.3f}, "
-                                f"{items * world / per_item / (now - since):,.0f} {unit}", False)
+            rate = items * world / per_item / max(now - since, 1e-9)
+            bar.set_postfix_str(f"loss {mean:.3f}, {rate:,.0f} {unit}", False)
             entry = {"step": step, "loss": mean, "lr": lr_at(cfg, step)}
             losses, items, since = [], 0, now
         out_of_time = time_is_up(cfg, started, world, device, bool(entry))
