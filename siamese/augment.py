@@ -48,6 +48,9 @@ def distort(images: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tenso
     """
     if p <= 0 or len(images) == 0:
         return images
-    theta = random_affine(gen, len(images), p).to(images.device, images.dtype)
+    theta = random_affine(gen, len(images), p).to(images.dtype)
+    if images.is_cuda:  # from pinned memory the copy does not make the host wait
+        theta = theta.pin_memory()
+    theta = theta.to(images.device, non_blocking=True)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

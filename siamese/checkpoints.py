@@ -1,8 +1,9 @@
 """The training state that makes a run resumable: models/checkpoints/last.pt.
 
-Saved at every evaluation: the model, optimiser, progress, best-so-far, metric history and
-every random state. A rerun resumes from it only when its resume key matches: the same train
-params, data artifacts, process count and code (every library module training runs, CODE).
+Saved at every evaluation: the model, optimiser, progress, best-so-far, metric history,
+every random state and, with train.ema, the average of the weights. A rerun resumes from it
+only when its resume key matches: the same train params, data artifacts, process count and
+code (every library module training runs, CODE).
 """
 
 import hashlib
@@ -63,14 +64,19 @@ def set_rng_states(state: dict[str, Any], rng: np.random.Generator, gen: torch.G
 
 
 def save_last(path: Path, key: str, objective: nn.Module, optimizer: torch.optim.Optimizer,
-              progress: Progress, states: list, best: dict, history: list) -> None:
+              progress: Progress, states: list, best: dict, history: list,
+              average: nn.Module | None = None) -> None:
     state = {
         "resume_key": key, "progress": asdict(progress), "rng": states, "history": history,
-        "model": {k: v.detach().cpu() for k, v in unwrap(objective).net.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "best": best,
+        "model": on_cpu(unwrap(objective).net), "optimizer": optimizer.state_dict(),
+        "best": best, "ema": None if average is None else on_cpu(average),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def on_cpu(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 def load_last(path: Path, key: str) -> dict[str, Any] | None:

@@ -313,6 +313,7 @@ class TrainConfig(Section):
     augment_probability: float = param(float, lo=0, hi=1)
     eval_every: int = param(int, lo=1)
     patience: int = param(int, lo=0)
+    ema: float = param(float, lo=0)  # < 1, checked in validate
     threads: int = param(int, lo=0)
     digest: str = ""  # sha256 of the section as given (canonical JSON), set by parse
 
@@ -322,6 +323,10 @@ class TrainConfig(Section):
         text = json.dumps(section(params, cls.SECTION), sort_keys=True, default=str)
         object.__setattr__(config, "digest", hashlib.sha256(text.encode()).hexdigest())
         return config
+
+    def validate(self) -> None:
+        if self.ema >= 1:
+            raise PipelineError(f"params.yaml: train.ema must be < 1 (a decay), got {self.ema}")
 
     def model_options(self) -> dict[str, Any]:
         common = {"init": self.init, "head": self.head}

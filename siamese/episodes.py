@@ -17,7 +17,7 @@ from siamese import paths
 from siamese.augment import distort
 from siamese.config import TrainConfig
 from siamese.errors import PipelineError
-from siamese.images import load_pixels, rotate, to_tensor
+from siamese.images import load_pixels, rotate, to_device, to_tensor
 
 
 @dataclass
@@ -90,12 +90,12 @@ def next_batch(cfg: TrainConfig, data: Data, rng: np.random.Generator, gen: torc
         support, query, block, turns = sample_episode(
             rng, data.alphabets, cfg.episode_alphabets, cfg.episode_characters, cfg.rotations)
         ids, side = np.concatenate([support, query]), block
-        x = data.images[torch.from_numpy(ids).to(device)]
+        x = data.images[to_device(ids, device)]
         if cfg.rotations > 1:
-            x = rotate(x, torch.from_numpy(np.concatenate([turns, turns])).to(device))
+            x = rotate(x, np.concatenate([turns, turns]))
     else:
         count = min(cfg.batch_pairs, len(data.pairs))
         rows = data.pairs[rng.choice(len(data.pairs), size=count, replace=False)]
         ids, side = np.concatenate([rows[:, 0], rows[:, 1]]), rows[:, 2]
-        x = data.images[torch.from_numpy(ids).to(device)]
-    return distort(x, gen, cfg.augment_probability), torch.from_numpy(side).to(device)
+        x = data.images[to_device(ids, device)]
+    return distort(x, gen, cfg.augment_probability), to_device(side, device)

@@ -198,10 +198,28 @@ def to_tensor(images: np.ndarray, size: int):
     return x
 
 
-def rotate(x: "torch.Tensor", turns: "torch.Tensor") -> "torch.Tensor":
-    """Rotate image i of a tensor [B, 1, S, S] by turns[i] quarter turns (in place)."""
+def rotate(x: "torch.Tensor", turns: np.ndarray) -> "torch.Tensor":
+    """Rotate image i of a tensor [B, 1, S, S] by turns[i] quarter turns (in place).
+
+    Which images turn is decided here on the host, from the numpy turns, so that no step
+    waits for the device to answer a question about its own tensors.
+    """
+    import torch
+
     for k in range(1, 4):
-        chosen = turns == k
-        if chosen.any():
-            x[chosen] = x[chosen].rot90(k, dims=(2, 3))
+        chosen = np.flatnonzero(np.asarray(turns) == k)
+        if len(chosen):
+            index = to_device(chosen, x.device)
+            x[index] = torch.rot90(x[index], k, dims=(2, 3))
     return x
+
+
+def to_device(array: np.ndarray, device: "torch.device") -> "torch.Tensor":
+    """`array` as a tensor on `device`; to a GPU through pinned memory without waiting for it
+    (a plain copy from pageable memory makes the host wait for the device)."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

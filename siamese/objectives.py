@@ -4,8 +4,12 @@
   its alphabet with the model's head (train.head) and a softmax cross-entropy picks its own
   character, in both directions; the one-shot test's own form.
 - PairLoss (pairs): binary cross-entropy of "same character" on pairs (Koch's objective).
+
+WeightAverage keeps the exponential moving average of the weights (train.ema) that is
+validated and kept in their place.
 """
 
+import copy
 import math
 
 import torch
@@ -71,3 +75,30 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / cfg.steps))
+
+
+class WeightAverage:
+    """Exponential moving average of a network's parameters and buffers (train.ema).
+
+    It starts at the network's initial weights; after every optimiser step each float
+    tensor moves (1 - decay) of the way towards the network's (batch-norm running statistics
+    included; integer buffers such as the batch count are copied). All on the network's
+    device, without waiting for it.
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.net = copy.deepcopy(net).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        pairs = zip([*self.net.parameters(), *self.net.buffers()],
+                    [*net.parameters(), *net.buffers()], strict=True)
+        floats, others = [], []
+        for average, current in pairs:
+            (floats if average.is_floating_point() else others).append((average, current))
+        if floats:
+            averages, currents = zip(*floats, strict=True)
+            torch._foreach_lerp_(list(averages), list(currents), 1 - self.decay)
+        for average, current in others:
+            average.copy_(current)

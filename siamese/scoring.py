@@ -44,7 +44,7 @@ def embed_images(model, images: torch.Tensor, ids: np.ndarray, device: torch.dev
                 part = slice(start, start + batch_size)
                 batch = images[torch.from_numpy(ids[part])].to(device)
                 if turns[part].any():
-                    batch = rotate(batch, torch.from_numpy(turns[part]).to(batch.device))
+                    batch = rotate(batch, turns[part])
                 out.append(net.embed(batch).float().cpu())
     finally:
         net.train(was_training)

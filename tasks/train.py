@@ -8,14 +8,33 @@ Objectives (train.objective, siamese/objectives.py):
   directions. This is the one-shot test's own form, and on a CPU it beats pairs by ~25 points
   (notes).
 
+With train.ema > 0 an exponential moving average of the weights (batch-norm statistics
+included) follows every optimiser step; it is what is validated, kept as the best and
+written to models/model.pt.
+
 The run is reproducible and resumable: every random draw comes from generators seeded from
-train.seed whose states are saved, with the model, optimiser and best-so-far, in
-models/checkpoints/last.pt at every evaluation (siamese/checkpoints.py). A killed run, rerun
-with the same params, data and code, resumes from there and ends with the same weights as an
-uninterrupted run (CPU). models/model.pt is written once, at the end: the best weights with
-their head calibrated, so a run killed halfway leaves the previous model.pt as it was.
-Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel; each rank draws
-its own episodes, rank 0 evaluates, logs and writes checkpoints.
+train.seed whose states are saved, with the model, optimiser, weight average and best-so-far,
+in models/checkpoints/last.pt at every evaluation (siamese/checkpoints.py). A killed run,
+rerun with the same params, data and code, resumes from there and ends with the same weights
+as an uninterrupted run (CPU). models/model.pt is written once, at the end: the best weights
+with their head calibrated, so a run killed halfway leaves the previous model.pt as it was.
+
+Determinism (siamese/distributed.py `deterministic`): a fixed thread count (train.threads; CPU
+kernels split reductions by it) and torch's deterministic algorithms (warn-only: a few CUDA
+kernels have none; cuBLAS gets a fixed workspace) make a rerun on the same machine give the
+same weights bit for bit. Across machines the weights can still differ in the last bits: the
+CPU kernels are chosen by instruction set (AVX2, AVX-512, ...; each rounds its vectorised
+sums differently), as are the GPU's by model and CUDA/cuDNN version, and by torch version.
+
+Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel: the device is
+chosen first (each rank its own GPU, or the CPU), then the process group (nccl on CUDA, gloo
+on the CPU); each rank draws its own episodes, rank 0 evaluates, averages the weights, logs
+and writes checkpoints.
+
+On a GPU the step does not make the host wait for the device: the loss stays there until a
+log point (LOG_POINTS per evaluation interval) reads the losses since the last one at once
+(the progress bar shows those), and a batch's indices, rotations and distortions are decided
+on the host and copied from pinned memory.
 
 This file is the loop; the data and batches are in siamese/episodes.py, the objectives and
 optimiser in siamese/objectives.py, process set-up in siamese/distributed.py, the logs in
@@ -42,10 +61,10 @@ from siamese.checkpoints import (
     set_rng_states,
 )
 from siamese.config import TrainConfig
-from siamese.distributed import seeds, setup_distributed, training_device, unwrap
+from siamese.distributed import deterministic, seeds, setup_distributed, unwrap
 from siamese.episodes import Data, load_data, next_batch
 from siamese.model import SiameseNet, build_model, save_checkpoint
-from siamese.objectives import EpisodeLoss, PairLoss, lr_at, make_optimizer
+from siamese.objectives import EpisodeLoss, PairLoss, WeightAverage, lr_at, make_optimizer
 from siamese.scoring import credit, embed_images, trial_scores
 from siamese.trainlog import TrainLog, draw_curves, say
 
@@ -55,24 +74,25 @@ LOG_POINTS = 5  # loss / lr log points per evaluation interval
 def run(params: dict[str, Any], device: str | None = None) -> None:
     """Stage `train`: reads the data artifacts, writes models/model.pt and reports/train."""
     cfg = TrainConfig.parse(params)
-    rank, world, local_rank = setup_distributed()
+    chosen, rank, world = setup_distributed(cfg, device)
     try:
-        chosen = training_device(cfg, device, local_rank)
-        train(cfg, chosen, rank, world)
+        with deterministic(cfg):
+            train(cfg, chosen, rank, world)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     data = load_data(cfg, device)
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
     net = net.to(device, memory_format=torch.channels_last)
     objective: nn.Module = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
     optimizer = make_optimizer(cfg, net)
+    # The average is rank 0's alone: it validates and saves, and its batch-norm statistics
+    # are the ones DistributedDataParallel hands every rank.
+    average = WeightAverage(net, cfg.ema) if cfg.ema and rank == 0 else None
     rng, gen = seeds(cfg.seed, rank)
     key = resume_key(cfg.digest, world)
     progress, best, history = Progress(), {}, []
@@ -81,6 +101,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"][rank], rng, gen)
+        if average is not None:
+            average.net.load_state_dict(state["ema"])
         progress, best, history = Progress(**state["progress"]), state["best"], state["history"]
         say(f"resuming from {LAST} at step {progress.step} of {cfg.steps}")
     if world > 1:
@@ -88,7 +110,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
             objective, device_ids=[device.index] if device.type == "cuda" else None)
     log = TrainLog(history) if rank == 0 else None
     loop(cfg, data, objective, optimizer, (rng, gen), progress, best, history, log,
-         (key, device, rank, world))
+         (key, device, rank, world, average))
     if rank == 0:
         if best:  # model.pt is written here only: the best weights, head calibrated
             model = best_model(net, best)
@@ -99,8 +121,9 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
 
 def train_step(cfg: TrainConfig, data: Data, objective: nn.Module,
                optimizer: torch.optim.Optimizer,
-               generators: tuple, device: torch.device, step: int) -> tuple[float, int]:
-    """One optimiser step; (loss, images in the batch)."""
+               generators: tuple, device: torch.device, step: int,
+               average: WeightAverage | None = None) -> tuple[torch.Tensor, int]:
+    """One optimiser step, the weight average following; (loss on the device, images)."""
     lr = lr_at(cfg, step)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -110,7 +133,9 @@ def train_step(cfg: TrainConfig, data: Data, objective: nn.Module,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), len(x)
+    if average is not None:
+        average.update(unwrap(objective).net)
+    return loss.detach(), len(x)
 
 
 def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
@@ -119,37 +144,42 @@ def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
          log: TrainLog | None, ctx: tuple) -> None:
     from tqdm import tqdm
 
-    key, device, rank, world = ctx
+    key, device, rank, world, average = ctx
     net = unwrap(objective).net
+    judged = net if average is None else average.net  # the weights validated and kept
     log_every = max(1, cfg.eval_every // LOG_POINTS)
     unit, per_item = ("images/s", 1) if cfg.objective == "episodes" else ("pairs/s", 2)
-    started, losses, step_time = time.monotonic(), [], None
+    started = since = time.monotonic()
+    losses: list[torch.Tensor] = []
+    items = 0
     bar = tqdm(total=cfg.steps, initial=progress.step, disable=rank != 0, desc="train",
                unit="step", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
     net.train()
     for step in range(progress.step + 1, cfg.steps + 1):
-        t0 = time.monotonic()
-        loss, items = train_step(cfg, data, objective, optimizer, generators, device, step)
+        loss, batch = train_step(cfg, data, objective, optimizer, generators, device, step,
+                                 average)
         losses.append(loss)
-        took = time.monotonic() - t0
-        step_time = took if step_time is None else 0.95 * step_time + 0.05 * took
+        items += batch
         bar.update(1)
-        bar.set_postfix_str(f"loss {loss:.3f}, "
-                            f"{items * world / per_item / step_time:,.0f} {unit}", False)
         entry: dict[str, float] = {}
         if step % log_every == 0 or step == cfg.steps:
-            entry = {"step": step, "loss": float(np.mean(losses)), "lr": lr_at(cfg, step)}
-            losses = []
-        out_of_time = time_is_up(cfg, started, world, device)
+            # The one wait for the device between evaluations: the losses since the last log.
+            mean = float(np.mean(torch.stack(losses).double().cpu().numpy()))
+            now = time.monotonic()
+            rate = items * world / per_item / max(now - since, 1e-9)
+            bar.set_postfix_str(f"loss {mean:.3f}, {rate:,.0f} {unit}", False)
+            entry = {"step": step, "loss": mean, "lr": lr_at(cfg, step)}
+            losses, items, since = [], 0, now
+        out_of_time = time_is_up(cfg, started, world, device, bool(entry))
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             entry = {"step": step, **entry}
-            stop = evaluate(net, data, device, rank, step, progress, best, entry, cfg.patience,
-                            cfg.digest)
+            stop = evaluate(judged, data, device, rank, step, progress, best, entry,
+                            cfg.patience, cfg.digest)
             progress.step = step
             progress.finished = stop or out_of_time or step == cfg.steps
             history.append(entry)
             checkpoint_state(key, objective, optimizer, progress, generators, best, history,
-                             log, rank, world)
+                             log, rank, world, average)
             if progress.finished:
                 say(f"stopping at step {step}: "
                     + ("out of time" if out_of_time else "no improvement" if stop else "done"))
@@ -161,14 +191,20 @@ def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
     bar.close()
 
 
-def time_is_up(cfg: TrainConfig, started: float, world: int, device: torch.device) -> bool:
-    """train.max_minutes reached (decided by rank 0 for all ranks)."""
+def time_is_up(cfg: TrainConfig, started: float, world: int, device: torch.device,
+               log_point: bool) -> bool:
+    """train.max_minutes reached. With several ranks, rank 0 decides for all, and only at log
+    points: the broadcast makes every rank wait for its device."""
     if cfg.max_minutes <= 0:
         return False
-    up = torch.tensor([float(time.monotonic() - started > cfg.max_minutes * 60)], device=device)
-    if world > 1:
-        dist.broadcast(up, src=0)
-    return bool(up.item())
+    up = time.monotonic() - started > cfg.max_minutes * 60
+    if world == 1:
+        return up
+    if not log_point:
+        return False
+    flag = torch.tensor([float(up)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def evaluate(net: SiameseNet, data: Data, device: torch.device, rank: int, step: int,
@@ -236,12 +272,13 @@ def calibrate_head(model: SiameseNet, data: Data, device: torch.device) -> None:
 
 def checkpoint_state(key: str, objective: nn.Module, optimizer, progress: Progress,
                      generators: tuple, best: dict, history: list, log: TrainLog | None,
-                     rank: int, world: int) -> None:
+                     rank: int, world: int, average: WeightAverage | None) -> None:
     states = [rng_states(*generators)]
     if world > 1:
         states = [None] * world
         dist.all_gather_object(states, rng_states(*generators))
     if rank == 0:
-        save_last(LAST, key, objective, optimizer, progress, states, best, history)
+        save_last(LAST, key, objective, optimizer, progress, states, best, history,
+                  None if average is None else average.net)
         log.log(history[-1])
         draw_curves(history)

@@ -23,13 +23,16 @@ def interrupt_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(tasks.train, "lr_at", stop)
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
-        tmp_path, synthetic_data_root, monkeypatch, capsys):
-    params = train_project(tmp_path, synthetic_data_root, **TINY)
+        tmp_path, synthetic_data_root, monkeypatch, capsys, ema):
+    params = train_project(tmp_path, synthetic_data_root, **TINY, ema=ema)
     monkeypatch.chdir(tmp_path)
     tasks.train.run(params, device="cpu")
     uninterrupted = weights(paths.MODEL)
-    last = torch.load(tasks.train.LAST, weights_only=True)["model"]
+    saved = torch.load(tasks.train.LAST, weights_only=True)
+    last = saved["model"]
+    assert (saved["ema"] is None) == (not ema)
     shutil.rmtree(paths.MODELS)
     shutil.rmtree(paths.TRAIN_LIVE)
     paths.MODEL.parent.mkdir(parents=True)
@@ -47,8 +50,10 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     resumed = weights(paths.MODEL)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
-    resumed_last = torch.load(tasks.train.LAST, weights_only=True)["model"]
-    assert all(torch.equal(resumed_last[k], last[k]) for k in last)
+    resumed_saved = torch.load(tasks.train.LAST, weights_only=True)
+    assert all(torch.equal(resumed_saved["model"][k], last[k]) for k in last)
+    if ema:
+        assert all(torch.equal(resumed_saved["ema"][k], saved["ema"][k]) for k in last)
     steps = (paths.TRAIN_LIVE / "plots/metrics/valid_accuracy.tsv").read_text().split()[2::2]
     assert steps == ["8", "16", "24"]  # the logs hold each step once
 
