@@ -7,7 +7,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -53,9 +52,10 @@ def test_each_head_learns_beyond_chance_on_unseen_alphabets(tmp_path, real_data_
     trials = pd.read_parquet(paths.TRIALS)
     test = trials[(trials["trial_set"] == "evaluation") & (trials["n_way"] == 20)]
     pixels = load_pixels(paths.PIXELS)
-    ids = np.unique(np.concatenate([test["query_id"], *test["candidate_ids"]]))
-    table = evaluate.embedding_table(model, pixels, ids, "cpu", 256)  # test images only
-    accuracy = evaluate.predict_trials(table, model, test)["credit"].mean()
+    no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
+    keys = evaluate.needed_keys(test, no_pairs)  # test images only
+    table = evaluate.embedding_table(model, pixels, keys, "cpu", 256)
+    accuracy = evaluate.predict_trials(table, keys, model, test)["credit"].mean()
     print(f"head {head}: 20-way after {SHORT['steps']} steps: valid {meta['valid_accuracy']:.3f},"
           f" evaluation alphabets {accuracy:.3f} ({time.monotonic() - started:.0f} s)")
     # Measured (seed 4, one thread): koch 0.241, euclidean 0.302, cosine 0.324; chance is 0.05.
