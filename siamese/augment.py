@@ -48,6 +48,11 @@ def distort(images: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tenso
     """
     if p <= 0 or len(images) == 0:
         return images
-    theta = random_affine(gen, len(images), p).to(images.device, images.dtype)
+    return warp(images, random_affine(gen, len(images), p))
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image of a batch [B, 1, S, S] sampled through its matrix of theta [B, 2, 3]."""
+    theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -19,6 +19,7 @@ import torch
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
+from siamese.augment import random_affine, warp
 from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.evalreport import draw_per_alphabet, draw_pictures, report_markdown, summary_line
@@ -28,6 +29,7 @@ from siamese.scoring import credit, embed_images, trial_scores
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
+TTA_PROBABILITY = 0.5  # evaluate.tta: each distortion component used with this probability
 TRIAL_COLUMNS = (
     "trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
 )
@@ -98,17 +100,34 @@ class EmbeddingTable(torch.nn.Module):
 
 
 def embedding_table(model, pixels: np.ndarray, ids: np.ndarray, device: torch.device | str,
-                    batch_size: int, chunk: int = 4096) -> torch.Tensor:
+                    batch_size: int, chunk: int = 4096, tta: int = 0, seed: int = 0
+                    ) -> torch.Tensor:
     """Embeddings [N, D] indexed by image_id: rows `ids` computed (preprocessed as in training,
-    at the model's image size), the others zero."""
+    at the model's image size), the others zero. With `tta` > 0 each row is the mean of the
+    embeddings of the image and of its `tta` distorted copies (tta_matrices)."""
     net = getattr(model, "module", model)
     table = torch.zeros(len(pixels), net.dim)
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
+    theta = tta_matrices(len(pixels), tta, seed) if tta else None
+    step = max(1, chunk // (tta + 1))  # images held at once, copies included: about `chunk`
+    for start in range(0, len(ids), step):
+        part = ids[start : start + step]
         images = to_tensor(pixels[part], net.image_size)
-        table[torch.from_numpy(part)] = embed_images(model, images, np.arange(len(part)), device,
-                                                     batch_size)
+        if theta is not None:  # each image, then its copies: [B * (tta + 1), 1, S, S]
+            copies = warp(images.repeat_interleave(tta, dim=0), theta[part].flatten(0, 1))
+            images = torch.cat([images[:, None], copies.view(len(part), tta, *images.shape[1:])],
+                               dim=1).flatten(0, 1)
+        emb = embed_images(model, images, np.arange(len(images)), device, batch_size)
+        table[torch.from_numpy(part)] = emb.view(len(part), tta + 1, -1).mean(dim=1)
     return table
+
+
+def tta_matrices(n_images: int, copies: int, seed: int) -> torch.Tensor:
+    """[n_images, copies, 2, 3]: Koch's distortions (siamese/augment.py, each component with
+    probability TTA_PROBABILITY), drawn for every image in image_id order from one generator
+    seeded by `seed`: an image's copies do not depend on which images are evaluated, nor on
+    the batches, and candidates and queries are distorted alike."""
+    gen = torch.Generator().manual_seed(seed)
+    return random_affine(gen, n_images * copies, TTA_PROBABILITY).view(n_images, copies, 2, 3)
 
 
 def needed_ids(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
@@ -245,7 +264,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     valid_pairs = pairs[pairs["role"] == "valid"]
     ids = needed_ids(trials, valid_pairs)
-    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size)
+    table = embedding_table(model, pixels, ids, cfg.device, cfg.batch_size, tta=cfg.tta,
+                            seed=cfg.seed)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, model, trials)
     verification, roc = verify_pairs(table, model, valid_pairs)
