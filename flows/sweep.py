@@ -8,6 +8,10 @@ time, and waits for it (experiments queued before run too). Experiments start fr
 the workspace's changes. Stages a point does not change come from the DVC cache. The
 workspace and params.yaml are left as they are; `dvc exp apply NAME` brings a point into the
 workspace.
+
+The table ranks the points by the holdout trial set's accuracy at its largest n-way, best
+first (the set that chooses hyperparameters); the test trial sets' columns (evaluation, lake)
+are left out unless asked for (`--show-test`), so that a sweep does not choose by them.
 """
 
 import ast
@@ -30,6 +34,8 @@ from siamese.atomic import write_text
 from siamese.errors import PipelineError
 
 SWEEPS = Path("reports/sweep")
+TEST_SETS = ("evaluation", "lake")  # trial sets of reports/metrics.json kept for the end
+HOLDOUT = re.compile(r"holdout/(?P<n>\d+)-way/accuracy")
 
 
 def metrics_files(root: Path) -> list[str]:
@@ -147,6 +153,25 @@ def comparison(points: list[tuple[str, list[str]]],
     return rows
 
 
+def ranking_metric(rows: list[dict[str, Any]]) -> str | None:
+    """The column the table is ranked by: holdout accuracy at the largest n-way (None when no
+    point has a holdout accuracy)."""
+    found = {int(m["n"]): key for row in rows for key in row if (m := HOLDOUT.fullmatch(key))}
+    return found[max(found)] if found else None
+
+
+def ranked_table(rows: list[dict[str, Any]], show_test: bool = False) -> list[dict[str, Any]]:
+    """The rows best first by ranking_metric (points without it last, in DVC's order), without
+    the columns of the test trial sets (TEST_SETS/...) unless `show_test`."""
+    metric = ranking_metric(rows)
+    if metric is not None:
+        rows = sorted(rows, key=lambda row: (metric not in row, -row.get(metric, 0)))
+    if show_test:
+        return list(rows)
+    return [{key: value for key, value in row.items() if key.split("/")[0] not in TEST_SETS}
+            for row in rows]
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
@@ -164,23 +189,30 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 @flow(name="omniglot-sweep", log_prints=True)
-def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".") -> list[dict[str, Any]]:
-    """Run every point of the grid as a DVC experiment; store and print the comparison."""
+def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".",
+               show_test: bool = False) -> list[dict[str, Any]]:
+    """Run every point of the grid as a DVC experiment; store and print the comparison (ranked
+    by holdout accuracy; the test trial sets' columns only with `show_test`)."""
     root = Path(repo).resolve()
     now = time.time()  # to the millisecond: names of experiments must be new
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
     points = queue_grid(sweep_id, grid, str(root))
     run_queue(jobs, str(root))
     rows = comparison(points, experiments(root, [name for name, _ in points]))
+    rows = ranked_table(rows, show_test)
+    order = f"ranked by {ranking_metric(rows) or 'nothing (no holdout accuracy)'}, best first"
+    hidden = "" if show_test else f"; {' and '.join(TEST_SETS)} columns hidden (--show-test)"
     write_text(to_csv(rows), root / SWEEPS / f"{sweep_id}.csv")
     write_text(to_markdown(rows), root / SWEEPS / f"{sweep_id}.md")
-    create_table_artifact(rows, key="omniglot-sweep", description=f"{sweep_id}: {grid}")
-    print(to_markdown(rows) + f"\nstored in {SWEEPS / sweep_id}.csv and .md")
+    create_table_artifact(rows, key="omniglot-sweep",
+                          description=f"{sweep_id}: {grid}; {order}{hidden}")
+    print(to_markdown(rows) + f"\n{order}{hidden}\nstored in {SWEEPS / sweep_id}.csv and .md")
     return rows
 
 
-def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".") -> list[dict[str, Any]]:
-    """`siamese sweep --set KEY=V1,V2 ... --jobs N`; fails if any point failed."""
+def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".",
+              show_test: bool = False) -> list[dict[str, Any]]:
+    """`siamese sweep --set KEY=V1,V2 ... --jobs N [--show-test]`; fails if any point failed."""
     root = Path(repo).resolve()
     if jobs < 1:
         raise PipelineError(f"--jobs must be at least 1, got {jobs}")
@@ -188,7 +220,7 @@ def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".") -> list[di
         raise PipelineError("no parameters given (--set KEY=V1,V2)")
     check_metrics_tracked(root)
     check_api()
-    rows = sweep_flow(grid=grid, jobs=jobs, repo=str(root))
+    rows = sweep_flow(grid=grid, jobs=jobs, repo=str(root), show_test=show_test)
     failed = [row["experiment"] for row in rows if row["state"] != "success"]
     if failed:
         raise PipelineError(f"{len(failed)} of {len(rows)} experiments failed: "

@@ -48,7 +48,12 @@ def distort(images: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tenso
     """
     if p <= 0 or len(images) == 0:
         return images
-    theta = random_affine(gen, len(images), p).to(images.dtype)
+    return warp(images, random_affine(gen, len(images), p))
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image of a batch [B, 1, S, S] sampled through its matrix of theta [B, 2, 3]."""
+    theta = theta.to(images.dtype)
     if images.is_cuda:  # from pinned memory the copy does not make the host wait
         theta = theta.pin_memory()
     theta = theta.to(images.device, non_blocking=True)

@@ -342,3 +342,4 @@ class EvaluateConfig(Section):
     pictures: int = param(int, lo=0, hi=100)
     device: "torch.device" = param(str, check=this_machines_device)
     batch_size: int = param(int, lo=1)
+    tta: int = param(int, lo=0, hi=64)  # distorted copies averaged into each embedding

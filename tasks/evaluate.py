@@ -21,6 +21,7 @@ import torch
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
+from siamese.augment import random_affine, warp
 from siamese.config import EvaluateConfig
 from siamese.errors import PipelineError
 from siamese.evalreport import (
@@ -38,6 +39,7 @@ from siamese.scoring import TURNS, credit, embed_images, keys, prototype_scores,
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
+TTA_PROBABILITY = 0.5  # evaluate.tta: each distortion component used with this probability
 TRIAL_COLUMNS = (
     "trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
     "k_shot", "turns",
@@ -123,18 +125,42 @@ def needed_keys(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
 
 
 def embedding_table(model, pixels: np.ndarray, table_keys: np.ndarray,
-                    device: torch.device | str, batch_size: int, chunk: int = 4096
-                    ) -> torch.Tensor:
+                    device: torch.device | str, batch_size: int, chunk: int = 4096,
+                    tta: int = 0, seed: int = 0) -> torch.Tensor:
     """Embeddings [len(table_keys), D]: row i is the image of key i (preprocessed as in
-    training, at the model's image size) turned by its quarter turns."""
+    training, at the model's image size) turned by its quarter turns. With `tta` > 0 each row
+    is the mean of the embeddings of the image and of its `tta` distorted copies."""
     net = getattr(model, "module", model)
+    theta = tta_matrices(len(pixels), tta, seed) if tta else None
+    step = max(1, chunk // (tta + 1))  # images held at once, copies included: about `chunk`
     rows = [torch.zeros(0, net.dim)]
-    for start in range(0, len(table_keys), chunk):
-        part = table_keys[start : start + chunk]
-        images = to_tensor(pixels[part // TURNS], net.image_size)
-        rows.append(embed_images(model, images, np.arange(len(part)), device, batch_size,
-                                 part % TURNS))
+    for start in range(0, len(table_keys), step):
+        part = table_keys[start : start + step]
+        ids, turns = part // TURNS, part % TURNS
+        images = to_tensor(pixels[ids], net.image_size)
+        if theta is not None:
+            images, turns = with_copies(images, theta[ids]), np.repeat(turns, tta + 1)
+        emb = embed_images(model, images, np.arange(len(images)), device, batch_size, turns)
+        rows.append(emb.view(len(part), tta + 1, -1).mean(dim=1))
     return torch.cat(rows)
+
+
+def tta_matrices(n_images: int, copies: int, seed: int) -> torch.Tensor:
+    """[n_images, copies, 2, 3]: Koch's distortions (siamese/augment.py, each component with
+    probability TTA_PROBABILITY), drawn for every image in image_id order from one generator
+    seeded by `seed`: an image's copies do not depend on which images are evaluated, nor on
+    the batches, and candidates and queries are distorted alike."""
+    gen = torch.Generator().manual_seed(seed)
+    return random_affine(gen, n_images * copies, TTA_PROBABILITY).view(n_images, copies, 2, 3)
+
+
+def with_copies(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] -> [B * (1 + C), 1, S, S]: each image, then its C copies warped by its
+    matrices theta [B, C, 2, 3]."""
+    copies = theta.shape[1]
+    warped = warp(images.repeat_interleave(copies, dim=0), theta.flatten(0, 1))
+    return torch.cat([images[:, None], warped.view(len(images), copies, *images.shape[1:])],
+                     dim=1).flatten(0, 1)
 
 
 def lookup(table: torch.Tensor, table_keys: np.ndarray, wanted: np.ndarray) -> torch.Tensor:
@@ -277,7 +303,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     valid_pairs = pairs[pairs["role"] == "valid"]
     table_keys = needed_keys(trials, valid_pairs)
-    table = embedding_table(model, pixels, table_keys, cfg.device, cfg.batch_size)
+    table = embedding_table(model, pixels, table_keys, cfg.device, cfg.batch_size, tta=cfg.tta,
+                            seed=cfg.seed)
     model.cpu()  # scoring from the table: only the head runs, on the CPU
     predictions = predict_trials(table, table_keys, model, trials)
     verification, roc = verify_pairs(table, table_keys, model, valid_pairs)

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the grid and refuses a key params.yaml lacks)",
     )
     sweep.add_argument("--jobs", type=int, default=1, help="experiments run at once")
+    sweep.add_argument("--show-test", action="store_true",
+                       help="also show the test trial sets' columns (evaluation, lake); the "
+                       "table is ranked by holdout accuracy either way")
 
     bench = commands.add_parser(
         "bench", help="measure the speed of every stage; writes reports/bench.json"
@@ -118,7 +121,7 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "sweep":
         from flows.sweep import run_sweep
 
-        run_sweep(args.grid, jobs=args.jobs)
+        run_sweep(args.grid, jobs=args.jobs, show_test=args.show_test)
     elif args.command == "bench":
         from tools.bench import run
 
