@@ -123,7 +123,8 @@ def test_cli_passes_show_test_to_the_sweep():
 def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, project):
     """jobs=1: DVC's queue runs the points one at a time (tests/test_pipeline_flow_end_to_end.py
     runs a sweep with jobs=2 on the real pipeline). The table is ranked by holdout 20-way
-    (here lr), best first; the test sets' columns only with show_test."""
+    (here lr), best first; the test sets' columns only with show_test. A failed point fails
+    the sweep, after its table is stored."""
     params = (project / "params.yaml").read_text()
     rows = sweep.run_sweep(["train.lr=0.25,0.75"], jobs=1, repo=project)
     assert [(r["train.lr"], r["state"]) for r in rows] == [("0.75", "success"), ("0.25", "success")]
@@ -148,11 +149,13 @@ def test_sweep_one_by_one_compares_points_and_leaves_the_workspace(sweep, projec
     assert (project / "params.yaml").read_text() == params  # the workspace is untouched
     assert "up to date" in run(["dvc", "status"], project).stdout
 
-    rows = sweep.run_sweep(["train.lr=0.5"], jobs=1, repo=project, show_test=True)
-    assert rows[0]["evaluation/20-way/accuracy"] == 0.5 and rows[0]["lake/20-way/accuracy"] == 0.6
+    # One more sweep for both the failing point and show_test: the table is still stored.
+    with pytest.raises(PipelineError, match=r"1 of 2 experiments failed: sweep-\S+ "):
+        sweep.run_sweep(["train.fail=false,true"], jobs=1, repo=project, show_test=True)
     _, _, artifacts = flow_run_records(latest_flow_run_id())
-    assert json.loads(artifacts["omniglot-sweep"].data)[0]["lake/20-way/accuracy"] == 0.6
-
-    with pytest.raises(PipelineError, match=r"1 of 1 experiments failed: sweep-\S+ "):
-        sweep.run_sweep(["train.fail=true"], jobs=1, repo=project)
+    stored = json.loads(artifacts["omniglot-sweep"].data)
+    assert [(r["train.fail"], r["state"]) for r in stored] == [("False", "success"),
+                                                               ("True", "failed")]
+    assert stored[0]["evaluation/20-way/accuracy"] == 0.5
+    assert stored[0]["lake/20-way/accuracy"] == 0.6
     assert "up to date" in run(["dvc", "status"], project).stdout
