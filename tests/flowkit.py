@@ -117,6 +117,18 @@ def prefect_session():
     SubprocessASGIServer().stop()
 
 
+@pytest.fixture(scope="session")
+def prefect_api(prefect_session) -> str:
+    """The API URL of the session's temporary Prefect server, started if it is not yet: for
+    `siamese` and `prefect` commands run as subprocesses, which would each start their own
+    (~20 s). A module uses it by importing it and prefect_session."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance that in-process clients use
+    server.start()
+    return server.api_url
+
+
 def run(args: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command with the venv's bin first on PATH; output captured as text."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE, **env}

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.flowkit import BIN, OFFLINE, git_commit_all, make_tiny_project, run
+from tests.flowkit import (  # noqa: F401
+    BIN,
+    OFFLINE,
+    git_commit_all,
+    make_tiny_project,
+    prefect_api,
+    prefect_session,
+    run,
+)
 
 MODEL = "models/model.txt"
 
@@ -75,14 +83,15 @@ def test_without_a_remote_pull_and_push_say_so_and_succeed(tmp_path):
 
 
 @pytest.mark.slow
-def test_siamese_run_pulls_first_and_pushes_with_push(tmp_path):
+def test_siamese_run_pulls_first_and_pushes_with_push(tmp_path, prefect_api):  # noqa: F811
+    """On the session's Prefect server: alone, `siamese run` would start a temporary one."""
     project = make_tiny_project(tmp_path / "tiny")
     storage = tmp_path / "storage"
     storage.mkdir()
     run(["dvc", "remote", "add", "-d", "storage", str(storage)], project)
     git_commit_all(project, "a remote")
     done = run([str(BIN / "siamese"), "run", "--push"], project,
-               PREFECT_HOME=str(tmp_path / "home"))
+               PREFECT_HOME=str(tmp_path / "home"), PREFECT_API_URL=prefect_api)
     output = done.stdout + done.stderr
     assert "dvc pull: 0 outputs restored from DVC remote 'storage'" in output
     assert "files sent to DVC remote 'storage'" in output
