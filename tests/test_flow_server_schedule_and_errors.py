@@ -9,12 +9,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.flowkit import BIN, OFFLINE, REPO, make_tiny_project, run, set_param
+from tests.flowkit import (  # noqa: F401
+    BIN,
+    OFFLINE,
+    REPO,
+    make_tiny_project,
+    prefect_api,
+    prefect_session,
+    run,
+    set_param,
+)
 
 pytestmark = pytest.mark.slow
 COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
@@ -85,34 +95,12 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
     return env | extra
 
 
-def health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`prefect server start` on a free local port, in its own session; its API URL."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)], env=cli_env(home), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: health(url) or proc.poll() is not None, 120, "the Prefect server")
-        assert proc.poll() is None, (home / "server.log").read_text()
-        yield url
-    finally:
-        left = stop_session(proc, 30)
-        log.close()
-    assert not left, f"the server left processes running: {left}"
+def server(prefect_api) -> str:  # noqa: F811
+    """A started Prefect server's API URL: the session's temporary one (tests/flowkit.py),
+    which the in-process flows and tests/test_worker_runs_the_schedule.py use too, rather
+    than a `prefect server start` of this module's own (~20 s to start)."""
+    return prefect_api
 
 
 def test_prefect_toml_sets_the_offline_defaults_an_environment_variable_wins(tmp_path):
@@ -158,11 +146,13 @@ def test_bad_cron_and_unreachable_server_fail_clearly(tmp_path):
 
 def test_flow_run_on_a_started_server_is_visible_in_its_api(server, tmp_path):
     project = make_tiny_project(tmp_path / "tiny")
+    since = datetime.now(UTC).isoformat()  # the server holds other tests' runs too
     done = subprocess.run([str(BIN / "siamese"), "run"], cwd=project, capture_output=True,
                           text=True, env=cli_env(tmp_path / "home", PREFECT_API_URL=server))
     assert done.returncode == 0, done.stderr
     assert "Starting temporary server" not in done.stdout + done.stderr
-    runs = api(server, "/flow_runs/filter", {"flows": {"name": {"any_": ["omniglot-pipeline"]}}})
+    runs = api(server, "/flow_runs/filter", {"flows": {"name": {"any_": ["omniglot-pipeline"]}},
+                                             "flow_runs": {"start_time": {"after_": since}}})
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
     tasks = api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     assert sorted(t["name"] for t in tasks) == ["evaluate", "fetch", "index", "train"]
@@ -188,8 +178,8 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
         (tmp_path / package).symlink_to(REPO / package)
     env = cli_env(tmp_path / "home", PREFECT_API_URL=server)
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    subprocess.run([*prefect, "work-pool", "create", "omniglot", "--type", "process"],
-                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    subprocess.run([*prefect, "work-pool", "create", "omniglot", "--type", "process",
+                    "--overwrite"], cwd=tmp_path, env=env, check=True, capture_output=True)
     deployed = subprocess.run([*prefect, "deploy", "--all"], cwd=tmp_path, env=env,
                               capture_output=True, text=True)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr

@@ -1,5 +1,5 @@
 """A real Prefect worker runs the nightly deployment of prefect.yaml, and its results travel
-through a DVC remote: a real `prefect server start`, the omniglot work pool, `prefect deploy`,
+through a DVC remote: a Prefect server (the session's), the omniglot work pool, `prefect deploy`,
 `prefect deployment run`, and `prefect worker start` in a second clone of the project (tiny
 profile, tests/test_pipeline_flow_end_to_end.py) that runs the pipeline and pushes to a shared
 local-folder remote; a third fresh clone then pulls and has everything, without training.
@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.flowkit import BIN, git_commit_all, init_repo, run
+from tests.flowkit import (  # noqa: F401
+    BIN,
+    git_commit_all,
+    init_repo,
+    prefect_api,
+    prefect_session,
+    run,
+)
 from tests.test_flow_server_schedule_and_errors import api, cli_env, server  # noqa: F401
 from tests.test_pipeline_flow_end_to_end import copy_project, tiny_params
 from tests.test_remote_pull_push import HOLD_LOCK
@@ -62,7 +69,8 @@ def deploy(checkout: Path, home: Path, url: str) -> None:
     """Create the pool and deploy the nightly run, from a shell whose SIAMESE_REPO is wrong
     (the worker's own must count)."""
     deployer = env_for(checkout, home / "deployer", url, SIAMESE_REPO="/deployer/not/here")
-    prefect(["work-pool", "create", "omniglot", "--type", "process"], checkout, deployer)
+    prefect(["work-pool", "create", "omniglot", "--type", "process", "--overwrite"], checkout,
+            deployer)  # tests/test_flow_server_schedule_and_errors.py may have created it
     prefect(["deploy", "--name", "nightly"], checkout, deployer)
 
 
