@@ -14,9 +14,7 @@ import pandas as pd
 import torch
 
 from siamese.errors import PipelineError
-from siamese.images import rotate
-
-TURNS = 4  # quarter turns an image can be seen at
+from siamese.images import TURNS, rotate
 
 
 def keys(ids: np.ndarray, turns: np.ndarray) -> np.ndarray:

@@ -33,9 +33,9 @@ from siamese.evalreport import (
     summary_line,
     way_key,
 )
-from siamese.images import load_pixels, to_tensor
+from siamese.images import TURNS, load_pixels, to_tensor
 from siamese.model import SiameseNet, load_model
-from siamese.scoring import TURNS, credit, embed_images, keys, prototype_scores, trial_keys
+from siamese.scoring import credit, embed_images, keys, prototype_scores, trial_keys
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
