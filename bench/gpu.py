@@ -251,9 +251,9 @@ def evaluate(device: str, params: dict[str, Any]) -> dict[str, Any]:
     from siamese import paths
     from siamese.images import load_pixels
     from siamese.model import load_model
-    from siamese.scoring import credit
+    from siamese.scoring import credit, table_scores
     from siamese.stats import accuracy_entry
-    from tasks.evaluate import embedding_table, needed_keys, table_scores
+    from tasks.evaluate import embedding_table, needed_keys
 
     model, meta = load_model(paths.MODEL, device)
     pixels = load_pixels(paths.PIXELS)

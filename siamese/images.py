@@ -198,6 +198,9 @@ def to_tensor(images: np.ndarray, size: int):
     return x
 
 
+TURNS = 4  # quarter turns an image can be seen at: 0..3 (rotate, the trials' turns)
+
+
 def rotate(x: "torch.Tensor", turns: np.ndarray) -> "torch.Tensor":
     """Rotate image i of a tensor [B, 1, S, S] by turns[i] quarter turns (in place).
 
@@ -206,7 +209,7 @@ def rotate(x: "torch.Tensor", turns: np.ndarray) -> "torch.Tensor":
     """
     import torch
 
-    for k in range(1, 4):
+    for k in range(1, TURNS):
         chosen = np.flatnonzero(np.asarray(turns) == k)
         if len(chosen):
             index = to_device(chosen, x.device)

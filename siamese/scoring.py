@@ -5,8 +5,11 @@ turns of each class (turns; the query is turned as its answer's class). The head
 query's embedding with each class's prototype, the mean of its k support embeddings: one rule
 for every head, which for k = 1 is the plain one-shot comparison. An embedding is of an image
 at some turns (its key, `keys`), computed once for every trial naming it: a 20-way one-shot
-trial costs 21 embeddings (shared with the other trials), not 20 twin passes. `credit` turns
-scores into per-trial credit, tie-aware.
+trial costs 21 embeddings (shared with the other trials), not 20 twin passes. One path scores
+trials: the keys they name are embedded into a table (row i: the i-th key in sorted order),
+then `table_scores` looks their embeddings up and runs the head; `trial_scores` builds the
+table of one trial set, the evaluate stage one table for all its trial sets and pairs.
+`credit` turns scores into per-trial credit, tie-aware.
 """
 
 import numpy as np
@@ -14,9 +17,7 @@ import pandas as pd
 import torch
 
 from siamese.errors import PipelineError
-from siamese.images import rotate
-
-TURNS = 4  # quarter turns an image can be seen at
+from siamese.images import TURNS, rotate
 
 
 def keys(ids: np.ndarray, turns: np.ndarray) -> np.ndarray:
@@ -91,23 +92,40 @@ def prototype_scores(model, queries: torch.Tensor, supports: torch.Tensor) -> np
     return logits.float().cpu().numpy()
 
 
+def trial_set_keys(trials: pd.DataFrame) -> np.ndarray:
+    """Every key that trials of one n_way and k_shot name, once, sorted: rows of a table."""
+    queries, supports = trial_keys(trials)
+    return np.unique(np.concatenate([queries, supports.ravel()]))
+
+
+def lookup(table: torch.Tensor, table_keys: np.ndarray, wanted: np.ndarray) -> torch.Tensor:
+    """The rows [..., D] of the keys `wanted` (any shape) in an embedding table [K, D] whose
+    row i is the embedding of table_keys[i] (sorted, distinct)."""
+    return table[torch.from_numpy(np.searchsorted(table_keys, wanted))]
+
+
+def table_scores(table: torch.Tensor, table_keys: np.ndarray, model,
+                 trials: pd.DataFrame) -> np.ndarray:
+    """Head logits [T, n] of trials of one n_way and k_shot, their embeddings from the table."""
+    queries, supports = trial_keys(trials)
+    return prototype_scores(model, lookup(table, table_keys, queries),
+                            lookup(table, table_keys, supports))
+
+
 def trial_scores(model, images: torch.Tensor, trials: pd.DataFrame, device: torch.device | str,
                  batch_size: int = 512) -> np.ndarray:
     """Head logits [T, n] of each trial's query against each of its n classes.
 
     `trials` holds trials of one n_way and k_shot (columns query_id, candidate_ids, and
     k_shot, turns and answer where they are not one-shot, unturned); `images` is indexed by
-    image_id.
+    image_id. The table of the keys they name is embedded in key order, `batch_size` at a time.
     """
     if len(trials) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    queries, supports = trial_keys(trials)
-    distinct, inverse = np.unique(np.concatenate([queries, supports.ravel()]),
-                                  return_inverse=True)
-    emb = embed_images(model, images, distinct // TURNS, device, batch_size, distinct % TURNS)
-    q = emb[torch.from_numpy(inverse[: len(queries)])]
-    s = emb[torch.from_numpy(inverse[len(queries) :])].view(*supports.shape, -1)
-    return prototype_scores(model, q, s)
+    table_keys = trial_set_keys(trials)
+    table = embed_images(model, images, table_keys // TURNS, device, batch_size,
+                         table_keys % TURNS)
+    return table_scores(table, table_keys, model, trials)
 
 
 def credit(scores: np.ndarray, answers: np.ndarray) -> np.ndarray:

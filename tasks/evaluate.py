@@ -7,7 +7,7 @@ ROC curve), pictures/ (a few trials drawn) and report.md (drawn by siamese/evalr
 per_alphabet/<set>-<n>way[-<k>shot].csv (per_alphabet.csv split by trial set) and roc.csv are
 DVC plots (dvc.yaml), for `dvc plots diff`. Trials are grouped by (trial_set, n_way, k_shot);
 each image is embedded once per quarter turns it is seen at (embedding_table), then trial
-scoring is the head alone (siamese.scoring.prototype_scores). Accuracy gives a
+scoring is the head alone (siamese.scoring.table_scores). Accuracy gives a
 trial 1/k credit when its answer is among k tied top scores, so a model that cannot tell the
 candidates apart scores chance, 1/n.
 """
@@ -33,9 +33,9 @@ from siamese.evalreport import (
     summary_line,
     way_key,
 )
-from siamese.images import load_pixels, to_tensor
+from siamese.images import TURNS, load_pixels, to_tensor
 from siamese.model import SiameseNet, load_model
-from siamese.scoring import TURNS, credit, embed_images, keys, prototype_scores, trial_keys
+from siamese.scoring import credit, embed_images, keys, lookup, table_scores, trial_set_keys
 from siamese.stats import accuracy_entry, alphabet_interval, roc_auc, roc_points
 
 REPORT_DIR = paths.REPORTS / "evaluate"
@@ -118,9 +118,7 @@ def needed_keys(trials: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
     """Every (image_id, quarter turns) key (siamese.scoring.keys) that a trial or a pair
     names, once, sorted: the rows of the embedding table."""
     parts = [keys(pairs["left_id"], 0), keys(pairs["right_id"], 0)]
-    for _, group in trial_groups(trials):
-        queries, supports = trial_keys(group)
-        parts += [queries, supports.ravel()]
+    parts += [trial_set_keys(group) for _, group in trial_groups(trials)]
     return np.unique(np.concatenate(parts))
 
 
@@ -161,19 +159,6 @@ def with_copies(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     warped = warp(images.repeat_interleave(copies, dim=0), theta.flatten(0, 1))
     return torch.cat([images[:, None], warped.view(len(images), copies, *images.shape[1:])],
                      dim=1).flatten(0, 1)
-
-
-def lookup(table: torch.Tensor, table_keys: np.ndarray, wanted: np.ndarray) -> torch.Tensor:
-    """The table's rows of the keys `wanted` (any shape [..., D])."""
-    return table[torch.from_numpy(np.searchsorted(table_keys, wanted))]
-
-
-def table_scores(table: torch.Tensor, table_keys: np.ndarray, model,
-                 trials: pd.DataFrame) -> np.ndarray:
-    """Head logits [T, n] of trials of one (n_way, k_shot), embeddings from the table."""
-    queries, supports = trial_keys(trials)
-    return prototype_scores(model, lookup(table, table_keys, queries),
-                            lookup(table, table_keys, supports))
 
 
 def predict_trials(table: torch.Tensor, table_keys: np.ndarray, model,

@@ -22,12 +22,12 @@ from siamese import paths
 from siamese.atomic import write_parquet
 from siamese.config import SplitConfig, TrialsConfig
 from siamese.errors import PipelineError
+from siamese.images import TURNS
 
 # holdout last: the valid and evaluation trials stay those of earlier versions (one rng)
 SETS = (("valid", "valid"), ("evaluation", "test"), ("holdout", "holdout"))
 COLUMNS = ["trial_set", "n_way", "trial_id", "alphabet", "query_id", "candidate_ids", "answer",
            "k_shot", "turns"]
-TURNS = 4  # quarter turns: each test character is TURNS classes in the vinyals trials
 
 
 def too_small(images: pd.DataFrame, n_way: int) -> list[str]:
@@ -123,7 +123,8 @@ def class_images(pool: pd.DataFrame, k_shot: int) -> tuple[np.ndarray, list[np.n
 
 def vinyals_trials(pool: pd.DataFrame, n_way: int, k_shot: int, count: int,
                    rng: np.random.Generator) -> pd.DataFrame:
-    """`count` n-way k-shot trials over the classes (character, quarter turn) of `pool`.
+    """`count` n-way k-shot trials over the classes (character, quarter turn) of `pool`: each
+    test character is TURNS classes.
 
     Each class draws k + 1 drawings by distinct drawers: k supports, and the answer's last one
     is the query.

@@ -8,9 +8,9 @@ import torch
 from siamese.augment import warp
 from siamese.config import EvaluateConfig, load_params
 from siamese.errors import PipelineError
-from siamese.images import to_tensor
+from siamese.images import TURNS, to_tensor
 from siamese.model import build_model
-from siamese.scoring import TURNS, embed_images
+from siamese.scoring import embed_images
 from tasks import evaluate
 from tasks.evaluate import embedding_table, tta_matrices
 from tests.conftest import REPO

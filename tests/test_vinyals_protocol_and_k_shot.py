@@ -12,7 +12,7 @@ from siamese.config import load_params
 from siamese.errors import PipelineError
 from siamese.evalreport import accuracy_rows
 from siamese.model import SiameseNet
-from siamese.scoring import credit, trial_scores
+from siamese.scoring import credit, table_scores, trial_scores
 from tasks import evaluate
 from tasks.split import split_images
 from tasks.trials import build_trials, vinyals_trials
@@ -159,7 +159,7 @@ def test_k_shot_scoring_oracle_and_constant(head_weight, n_way, k_shot, expected
     no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
     keys = evaluate.needed_keys(trials, no_pairs)
     table = evaluate.embedding_table(net, pictures, keys, "cpu", batch_size=16)
-    np.testing.assert_allclose(evaluate.table_scores(table, keys, net, trials), direct)
+    np.testing.assert_allclose(table_scores(table, keys, net, trials), direct)
 
 
 def test_k_shot_metrics_keys_and_plot_names():

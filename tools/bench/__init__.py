@@ -47,10 +47,10 @@ from tools.bench.seed import unpack_pngs
 from tools.bench.sizes import FULL, QUICK, TINY, Sizes
 from tools.bench.stages import bench_stages
 from tools.bench.table import headline, markdown, table_rows
-from tools.bench.trainer import load_train_data, pair_flops, step_runner, train_config
+from tools.bench.trainer import load_train_data, pair_flops, train_config
 from tools.bench.training import bench_augment, bench_input, bench_steps
 
-__all__ = ["FULL", "QUICK", "TINY", "Sizes", "pair_flops", "run", "step_runner"]
+__all__ = ["FULL", "QUICK", "TINY", "Sizes", "pair_flops", "run"]
 
 BENCH_JSON = paths.REPORTS / "bench.json"
 BENCH_MD = paths.REPORTS / "bench.md"

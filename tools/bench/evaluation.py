@@ -41,7 +41,8 @@ def project_trial_scores(model, pixels: np.ndarray, trials: pd.DataFrame,
                          batch_size: int) -> np.ndarray:
     """The evaluate stage's scoring: each image the trials name embedded once (embedding_table),
     then the head alone on the table (table_scores)."""
-    from tasks.evaluate import embedding_table, needed_keys, table_scores
+    from siamese.scoring import table_scores
+    from tasks.evaluate import embedding_table, needed_keys
 
     no_pairs = pd.DataFrame({"left_id": [], "right_id": []}, dtype="int64")
     table_keys = needed_keys(trials, no_pairs)
