@@ -10,9 +10,8 @@ from siamese.model import load_model
 from siamese.scoring import credit, embed_images, trial_scores
 from tests.training import train_project
 
-# One thread, as in tests/test_train_heads.py: on 2 busy cores it is several times faster.
 SHORT = {"steps": 120, "eval_every": 120, "episode_alphabets": 4, "episode_characters": 10,
-         "lr": 0.003, "threads": 1}
+         "lr": 0.003}
 
 
 def test_short_episodic_training_beats_chance_on_unseen_alphabets(tmp_path, real_data_root,
