@@ -10,8 +10,8 @@ workspace and params.yaml are left as they are; `dvc exp apply NAME` brings a po
 workspace.
 
 The table ranks the points by the holdout trial set's accuracy at its largest n-way, best
-first (the set that chooses hyperparameters); the test trial sets' columns (evaluation, lake)
-are left out unless asked for (`--show-test`), so that a sweep does not choose by them.
+first (the set that chooses hyperparameters); the test trial sets' columns (evaluation, lake,
+vinyals) are left out unless asked for (`--show-test`), so that a sweep does not choose by them.
 """
 
 import ast
@@ -34,7 +34,8 @@ from siamese.atomic import write_text
 from siamese.errors import PipelineError
 
 SWEEPS = Path("reports/sweep")
-TEST_SETS = ("evaluation", "lake")  # trial sets of reports/metrics.json kept for the end
+# Trial sets of reports/metrics.json drawn from test images, kept for the end
+TEST_SETS = ("evaluation", "lake", "vinyals")
 HOLDOUT = re.compile(r"holdout/(?P<n>\d+)-way/accuracy")
 
 

@@ -29,9 +29,9 @@ LIBRARY = Path(paths.__file__).parent
 # train stage's .py deps in dvc.yaml, and those, what importing tasks/train.py loads).
 CODE = tuple(LIBRARY.parent / name for name in (
     "tasks/train.py", "siamese/atomic.py", "siamese/augment.py", "siamese/checkpoints.py",
-    "siamese/config.py", "siamese/distributed.py", "siamese/episodes.py", "siamese/errors.py",
-    "siamese/images.py", "siamese/model.py", "siamese/objectives.py", "siamese/paths.py",
-    "siamese/scoring.py", "siamese/trainlog.py",
+    "siamese/config.py", "siamese/cpu.py", "siamese/distributed.py", "siamese/episodes.py",
+    "siamese/errors.py", "siamese/images.py", "siamese/model.py", "siamese/objectives.py",
+    "siamese/paths.py", "siamese/scoring.py", "siamese/trainlog.py",
 ))
 
 

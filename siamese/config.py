@@ -210,9 +210,10 @@ def role_pairs(value: list, name: str) -> frozenset[tuple[str, str]]:
 def weight_decay(value: Any, name: str) -> float | tuple[float, ...]:
     """A number (L2 on every parameter) or a list: one L2 per conv/linear layer (Koch)."""
     if isinstance(value, list):
-        for v in value:
-            check_range(float(v), f"{name}[]", 0, None)
-        return tuple(float(v) for v in value)
+        values = tuple(typed(v, f"{name}[{i}]", float) for i, v in enumerate(value))
+        for i, v in enumerate(values):
+            check_range(v, f"{name}[{i}]", 0, None)
+        return values
     value = typed(value, name, float)
     check_range(value, name, 0, None)
     return value
@@ -245,10 +246,17 @@ class SplitConfig(Section):
     protocol: str = param(str, choices=("lake", "koch", "vinyals"))
     by: str = param(str, choices=("drawer", "image"))
     train_drawers: int = param(int, lo=1)
-    valid_drawers: int = param(int, lo=1)
-    holdout_drawers: int = param(int, lo=1)
+    # a trial's query and candidates are by two drawers of the same slice
+    valid_drawers: int = param(int, lo=2)
+    holdout_drawers: int = param(int, lo=2)
+    holdout_alphabets: int = param(int, lo=0)  # protocol lake: whole alphabets held out
     seed: int = param(int, lo=0)
     vinyals_train_alphabets: tuple[str, ...] = param(list, check=names)
+
+    def validate(self) -> None:
+        if self.holdout_alphabets and self.protocol != "lake":
+            raise PipelineError("params.yaml: split.holdout_alphabets applies to protocol lake "
+                                f"only; set it to 0 for protocol {self.protocol}")
 
     @property
     def drawers(self) -> int:
@@ -281,6 +289,7 @@ class TrialsConfig(Section):
     SECTION: ClassVar[str] = "trials"
     n_way: tuple[int, ...] = param(list, check=n_ways)
     per_alphabet: int = param(int, lo=1)
+    holdout_per_alphabet: int = param(int, lo=1)
     seed: int = param(int, lo=0)
     vinyals_n_way: tuple[int, ...] = param(list, check=n_ways)
     k_shot: tuple[int, ...] = param(list, check=k_shots)
@@ -315,6 +324,7 @@ class TrainConfig(Section):
     patience: int = param(int, lo=0)
     ema: float = param(float, lo=0)  # < 1, checked in validate
     threads: int = param(int, lo=0)
+    cpu_paths: str = param(str, choices=("avx2", "native"))  # siamese.cpu.PATHS
     digest: str = ""  # sha256 of the section as given (canonical JSON), set by parse
 
     @classmethod

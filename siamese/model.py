@@ -243,6 +243,7 @@ def save_checkpoint(path: Path | str, model: SiameseNet, meta: dict[str, Any]) -
         "step": int(meta.get("step", 0)),
         "valid_accuracy": float(meta.get("valid_accuracy", float("nan"))),
         "params_digest": str(meta.get("params_digest", "")),
+        "cpu_paths": dict(meta.get("cpu_paths", {})),  # siamese.cpu.record; {}: not recorded
     }
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)

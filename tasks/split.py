@@ -5,6 +5,8 @@ shuffled with the seed and cut into three slices of train_drawers, valid_drawers
 holdout_drawers. What each slice becomes depends on the alphabet:
 
 - protocol lake: background alphabets train | valid | holdout; every evaluation image is test.
+  With split.holdout_alphabets N, a seeded N of the background alphabets are holdout in all
+  their drawers: alphabets the network never sees, as the test's, to choose settings on.
 - protocol koch (Koch et al. 2015): the 10 alphabets of Lake's 20 runs are test on the third
   slice; of the other 40, a seeded 30 train on the first slice and 10 validate on the second.
   Every other image is holdout, so the drawers of train, valid and test stay disjoint.
@@ -49,7 +51,9 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfi
     subsets = images.drop_duplicates("alphabet").set_index("alphabet")["subset"].sort_index()
     if p.protocol in ("lake", "vinyals"):
         training = set(subsets.index[subsets == "background"]) | vinyals_training(subsets, p)
-        return {a: ("train", "valid", "holdout") if a in training else ("test",) * 3
+        held_out = holdout_alphabets(sorted(training), p)
+        return {a: ("holdout",) * 3 if a in held_out else
+                ("train", "valid", "holdout") if a in training else ("test",) * 3
                 for a in subsets.index}
     others = [a for a in subsets.index if a not in lake_alphabets]
     if len(others) <= KOCH_TRAIN_ALPHABETS:
@@ -62,6 +66,16 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfi
     plans.update({a: ("train", "holdout", "holdout") for a in shuffled[:KOCH_TRAIN_ALPHABETS]})
     plans.update({a: ("holdout", "valid", "holdout") for a in shuffled[KOCH_TRAIN_ALPHABETS:]})
     return plans
+
+
+def holdout_alphabets(training: list[str], p: SplitConfig) -> set[str]:
+    """split.holdout_alphabets of the training alphabets, drawn with their own seed so that the
+    drawers of the others stay as they are."""
+    if p.holdout_alphabets >= len(training):
+        raise PipelineError(f"params.yaml: split.holdout_alphabets {p.holdout_alphabets} leaves "
+                            f"none of the {len(training)} training alphabets to train on")
+    rng = np.random.default_rng([p.seed, 1])
+    return {training[i] for i in rng.choice(len(training), p.holdout_alphabets, replace=False)}
 
 
 def vinyals_training(subsets: pd.Series, p: SplitConfig) -> set[str]:

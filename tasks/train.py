@@ -22,9 +22,10 @@ with their head calibrated, so a run killed halfway leaves the previous model.pt
 Determinism (siamese/distributed.py `deterministic`): a fixed thread count (train.threads; CPU
 kernels split reductions by it) and torch's deterministic algorithms (warn-only: a few CUDA
 kernels have none; cuBLAS gets a fixed workspace) make a rerun on the same machine give the
-same weights bit for bit. Across machines the weights can still differ in the last bits: the
-CPU kernels are chosen by instruction set (AVX2, AVX-512, ...; each rounds its vectorised
-sums differently), as are the GPU's by model and CUDA/cuDNN version, and by torch version.
+same weights bit for bit. Across CPUs, train.cpu_paths avx2 (set by `siamese train` before
+torch loads, siamese/cpu.py) pins the kernels that the libraries would otherwise choose by
+instruction set, so every x86-64 CPU with AVX2 computes the same weights; model.pt records the
+paths. A GPU's kernels depend on its model and its CUDA/cuDNN versions, and on torch's.
 
 Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel: the device is
 chosen first (each rank its own GPU, or the CPU), then the process group (nccl on CUDA, gloo
@@ -50,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from siamese import paths
+from siamese import cpu, paths
 from siamese.checkpoints import (
     LAST,
     Progress,
@@ -74,6 +75,8 @@ LOG_POINTS = 5  # loss / lr log points per evaluation interval
 def run(params: dict[str, Any], device: str | None = None) -> None:
     """Stage `train`: reads the data artifacts, writes models/model.pt and reports/train."""
     cfg = TrainConfig.parse(params)
+    for warning in cpu.warnings(cfg.cpu_paths):
+        say(warning)
     chosen, rank, world = setup_distributed(cfg, device)
     try:
         with deterministic(cfg):
@@ -115,7 +118,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
         if best:  # model.pt is written here only: the best weights, head calibrated
             model = best_model(net, best)
             calibrate_head(model, data, device)
-            save_checkpoint(paths.MODEL, model, best)
+            save_checkpoint(paths.MODEL, model, {**best, "cpu_paths": cpu.record(cfg.cpu_paths)})
         log.close()
 
 

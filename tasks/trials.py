@@ -1,10 +1,11 @@
 """trials: n-way one-shot trials (Koch's within-alphabet protocol) and Lake's 20 official runs.
 
 trial_set valid samples from the role-valid images (training stops early on them), holdout
-from the role-holdout images of alphabets with no test image (hyperparameters are chosen on
-them), evaluation from the role-test images (reported once, never chosen on), lake is the 20
-runs of all_runs.zip (400 trials, 20-way). `sample_trials` is the one sampler
-of trials; other code (training episodes, benchmarks) can reuse it.
+from the role-holdout images of alphabets with no test image, and with split.holdout_alphabets
+of alphabets with no train image either (hyperparameters are chosen on them), evaluation from
+the role-test images (reported once, never chosen on), lake is the 20 runs of all_runs.zip
+(400 trials, 20-way). `sample_trials` is the one sampler of trials; other code (training
+episodes, benchmarks) can reuse it.
 
 Under split.protocol vinyals, trial set vinyals adds the few-shot literature's n-way k-shot
 trials (`vinyals_trials`): across the role-test alphabets, a class is a character at a quarter
@@ -178,11 +179,16 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
     rng = np.random.default_rng(p.seed)
     labelled = images.merge(split, on="image_id", validate="one_to_one")
     test_alphabets = set(labelled.loc[labelled["role"] == "test", "alphabet"])
+    # choosing on a test alphabet's other drawers would leak; with split.holdout_alphabets,
+    # the holdout trials are those alphabets' alone (none of their characters trains)
+    holdout_excluded = set(test_alphabets)
+    if SplitConfig.parse(params).holdout_alphabets:
+        holdout_excluded |= set(labelled.loc[labelled["role"] == "train", "alphabet"])
     parts = []
     for trial_set, role in SETS:
         pool = labelled[labelled["role"] == role]
-        if role == "holdout":  # choosing on a test alphabet's other drawers would leak
-            pool = pool[~pool["alphabet"].isin(test_alphabets)]
+        if role == "holdout":
+            pool = pool[~pool["alphabet"].isin(holdout_excluded)]
         for n_way in p.n_way:
             skipped = too_small(pool, n_way)
             if len(skipped) == pool["alphabet"].nunique():
@@ -192,7 +198,8 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
                 )
             if skipped:
                 print(f"trials: {trial_set} {n_way}-way leaves out {', '.join(skipped)}")
-            sampled = sample_trials(pool, n_way, p.per_alphabet, rng)
+            count = p.holdout_per_alphabet if trial_set == "holdout" else p.per_alphabet
+            sampled = sample_trials(pool, n_way, count, rng)
             parts.append(number(sampled, trial_set, n_way))
     official = lake_trials(images, lake)
     if SplitConfig.parse(params).protocol == "vinyals":  # drawn last: the others stay as they were

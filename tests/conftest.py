@@ -22,7 +22,7 @@ DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
 SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
     "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
-    "trials": {"n_way": [3, 5], "per_alphabet": 4},
+    "trials": {"n_way": [3, 5], "per_alphabet": 4, "holdout_per_alphabet": 4},
 }
 
 

@@ -24,7 +24,7 @@ LAYOUT = Layout(background=(("Alpha", 21), ("Beta", 21)), evaluation=(("Delta", 
 EDITS = {
     "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
-    "trials": {"n_way": [20], "per_alphabet": 2},
+    "trials": {"n_way": [20], "per_alphabet": 2, "holdout_per_alphabet": 2},
 }
 
 

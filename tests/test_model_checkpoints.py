@@ -4,7 +4,9 @@ import torch
 from siamese.errors import PipelineError
 from siamese.model import build_model, load_model, save_checkpoint
 
-META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc"}
+CPU_PATHS = {"cpu_paths": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_CBWR": "AVX2"}
+META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc", "cpu_paths": CPU_PATHS}
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
@@ -12,7 +14,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model, META)
     loaded, meta = load_model(tmp_path / "m.pt", "cpu")
     assert meta == {"arch": "compact", "image_size": 28, "step": 7, "valid_accuracy": 0.5,
-                    "params_digest": "abc",
+                    "params_digest": "abc", "cpu_paths": CPU_PATHS,
                     "model_options": {"width": 8, "depth": 4, "embedding": 16, "init": "default",
                                       "head": "koch"}}
     x = torch.rand(3, 1, 28, 28)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,14 @@ def params_with(**train) -> dict:
     ({"augment_probability": 1.5}, "train.augment_probability must be <= 1"),
     ({"episode_characters": 1}, "train.episode_characters must be >= 2"),
     ({"weight_decay": "lots"}, "train.weight_decay has the wrong type"),
+    ({"weight_decay": ["1e-4", True]}, "train.weight_decay[0] has the wrong type: '1e-4'"),
+    ({"weight_decay": [1e-4, True]}, "train.weight_decay[1] must be a number, got True"),
+    ({"weight_decay": ["abc"]}, "train.weight_decay[0] has the wrong type: 'abc'"),
+    ({"weight_decay": [1e-4, -1]}, "train.weight_decay[1] must be >= 0, got -1"),
+    ({"cpu_paths": "avx512"}, "train.cpu_paths must be one of avx2, native; got 'avx512'"),
 ])
 def test_bad_train_params_are_clear_errors(edit, message):
-    with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
+    with pytest.raises(PipelineError, match=re.escape(message)):
         TrainConfig.parse(params_with(**edit))
 
 

@@ -1,7 +1,10 @@
 """`siamese`: one sub-command per pipeline stage (what dvc.yaml calls), plus the tools around it.
 
 Each sub-command imports its module only when it runs, so `siamese --help` stays fast and the
-training and evaluation code runs where prefect and dvc are not installed.
+training and evaluation code runs where prefect and dvc are not installed. The commands that
+compute weights or scores first set this process's CPU code paths (params.yaml's
+train.cpu_paths) and allocator, before torch loads (siamese/cpu.py); the commands that only
+start others (run, serve, sweep) leave the environment as they found it.
 """
 
 import argparse
@@ -90,7 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_process(params_file: Path) -> None:
+    """The CPU code paths of params_file's train.cpu_paths (the default where the file or the
+    key is missing: the stages report a bad value themselves) and the tuned allocator."""
+    from siamese import cpu
+
+    choice = cpu.DEFAULT
+    if params_file.is_file():
+        from siamese.config import load_params
+
+        train = load_params(params_file).get("train")
+        if isinstance(train, dict) and train.get("cpu_paths") in cpu.PATHS:
+            choice = train["cpu_paths"]
+    cpu.tune_allocator()
+    cpu.pin_paths(choice)
+
+
 def dispatch(args: argparse.Namespace) -> None:
+    if args.command in (*STAGES, "classify", "bench"):
+        prepare_process(getattr(args, "params", paths.PARAMS))
     if args.command in STAGES:
         from siamese.config import load_params
 

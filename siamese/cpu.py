@@ -1,0 +1,134 @@
+"""The CPU code paths and memory allocator of a process that computes weights or scores.
+
+Set once, at the start of every `siamese` command (tools/cli.py), before torch is imported:
+the libraries read these settings when they load, never after.
+
+Code paths (train.cpu_paths). Three libraries pick their vectorised kernels by the CPU they
+find, and each kernel rounds its sums in its own order, so the same seed gives other weights on
+a CPU with other instructions:
+- ATen's own kernels (elementwise ops, reductions, the optimiser): `ATEN_CPU_CAPABILITY`;
+- oneDNN's convolutions and batch norm: `ONEDNN_MAX_CPU_ISA`;
+- MKL's matrix multiplies: `MKL_CBWR` (conditional numerical reproducibility; on AMD CPUs MKL's
+  default path is not even its AVX2 one).
+`avx2` pins all three to their AVX2 kernels, which every x86-64 CPU since 2013-2015 runs: the
+same weights bit for bit on each of them (the thread count is pinned too, train.threads).
+`native` leaves each library to pick the fastest path for the CPU at hand.
+
+Allocator. glibc's malloc hands large freed blocks back to the kernel and faults them in again
+on the next step: a third of a training run's CPU time went to the kernel. `tune_allocator`
+keeps them in the process (mallopt), which changes no computed value.
+"""
+
+import ctypes
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+PATHS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+    "native": {},
+}
+SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+DEFAULT = "avx2"
+# The instruction sets that decide which kernels the libraries may pick.
+FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+         "amx_tile", "amx_bf16")
+
+# glibc mallopt parameters (malloc.h) and the values set: blocks up to 1 GiB come from the
+# heap, which is neither trimmed nor grown by less than 512 MiB at a time.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+ALLOCATOR = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 512 << 20}
+
+
+def pin_paths(choice: str) -> dict[str, str]:
+    """Set the code paths of `choice` for this process; the settings in force afterwards.
+
+    `native` removes nothing a user set in the environment; `avx2` overrides it.
+    """
+    if choice not in PATHS:
+        raise ValueError(f"cpu paths must be one of {', '.join(PATHS)}, got {choice!r}")
+    os.environ.update(PATHS[choice])
+    return in_force()
+
+
+def in_force() -> dict[str, str]:
+    return {name: os.environ.get(name, "") for name in SETTINGS}
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc only); True if every setting took."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(option, value) == 1 for option, value in ALLOCATOR.items())
+
+
+def cpu_model() -> str:
+    for line in read_cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Of FLAGS, those this CPU has."""
+    for line in read_cpuinfo().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in FLAGS if f in have]
+    return []
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def unreproducible_reason(choice: str) -> str | None:
+    """Why this machine cannot compute the `avx2` path's weights, or None if it can."""
+    if choice != "avx2":
+        return None
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"this is a {platform.machine()} CPU, not x86-64"
+    if not {"avx2", "fma"} <= set(cpu_flags()):
+        return f"this CPU ({cpu_model()}) has no AVX2/FMA"
+    return None
+
+
+def warnings(choice: str) -> list[str]:
+    """One line for each reason this process's weights may differ from the committed ones."""
+    torch = sys.modules.get("torch")
+    lines = []
+    if (reason := unreproducible_reason(choice)) is not None:
+        lines.append(f"train.cpu_paths {choice}: {reason}; its weights will differ from the "
+                     "committed ones")
+    elif choice != "native" and (in_force() != PATHS[choice] or torch is not None
+                                 and torch.backends.cpu.get_cpu_capability() != "AVX2"):
+        lines.append(f"train.cpu_paths {choice} is not in force in this process (it is set by "
+                     "`siamese train` before torch loads); its weights may differ from the "
+                     "committed ones")
+    return lines
+
+
+def record(choice: str) -> dict[str, str]:
+    """What a checkpoint records: the choice and the settings in force (the same on every
+    machine that computes the same weights, so the checkpoint's bytes are too)."""
+    return {"cpu_paths": choice, **in_force()}
+
+
+def describe(choice: str) -> dict[str, Any]:
+    """The machine and the settings in force, for logs, the probe and `siamese bench`."""
+    torch = sys.modules.get("torch")
+    return {
+        "cpu_paths": choice,
+        "settings": in_force(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "cpu": cpu_model(),
+        "flags": cpu_flags(),
+        "machine": platform.machine(),
+    }
