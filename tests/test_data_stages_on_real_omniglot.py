@@ -195,3 +195,26 @@ def test_split_by_image(real_data_root, images, lake):
     assert drawer_sets.max() > 4  # drawings, not whole drawers, are split
     trials = build_trials(images, split_images(images, lake, params), lake, params)
     check_trials(trials[trials["trial_set"] == "valid"], images, one_drawer=False)
+
+
+def test_holdout_alphabets_are_unseen_and_leave_the_other_roles_as_they_were(
+        real_data_root, images, labelled, lake):
+    params = load_params(real_data_root / paths.PARAMS)
+    params["split"]["holdout_alphabets"] = 5
+    params["trials"]["holdout_per_alphabet"] = 10
+    roles = images.merge(split_images(images, lake, params), on="image_id")
+    per_role = roles.groupby("role")["alphabet"].unique().apply(set)
+    held_out = set(roles["alphabet"]) - per_role["train"] - per_role["test"]
+    assert len(held_out) == 5
+    assert set(images.loc[images["alphabet"].isin(held_out), "subset"]) == {"background"}
+    assert not held_out & (per_role["valid"] | per_role["train"] | per_role["test"])
+    changed = roles["role"] != labelled.sort_values("image_id")["role"].to_numpy()
+    assert set(roles.loc[changed, "alphabet"]) == held_out  # every other image keeps its role
+    trials = build_trials(images, split_images(images, lake, params), lake, params)
+    holdout = trials[trials["trial_set"] == "holdout"]
+    assert set(holdout["alphabet"]) <= held_out and len(holdout) > 0
+    used = set(holdout["query_id"]) | {i for ids in holdout["candidate_ids"] for i in ids}
+    assert set(roles.loc[roles["image_id"].isin(used), "alphabet"]) <= held_out
+    check_trials(holdout, images, one_drawer=True)
+    trained = set(roles.loc[roles["role"] == "train", "image_id"])
+    assert not used & trained

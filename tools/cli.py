@@ -9,6 +9,7 @@ start others (run, serve, sweep) leave the environment as they found it.
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -86,10 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also show the test trial sets' columns (evaluation, lake); the "
                        "table is ranked by holdout accuracy either way")
 
+    commands.add_parser("readme", help="rewrite the README's results block from reports/ "
+                        "and dvc.lock")
+    frontier = commands.add_parser(
+        "frontier", help="holdout accuracy against CPU-minutes of this repository's DVC "
+        "experiments: docs/frontier/ (csv, png, md)")
+    frontier.add_argument("--times", type=Path, required=True,
+                          help="TSV of experiment name and CPU seconds, one run a line")
+    frontier.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository")
+
     bench = commands.add_parser(
         "bench", help="measure the speed of every stage; writes reports/bench.json"
     )
     bench.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
+    bench.add_argument("--determinism", action="store_true",
+                       help="only the determinism probe: train a few steps of params.yaml's "
+                       "profile, print the weights' and scores' sha256 with the CPU and settings")
+    bench.add_argument("--steps", type=int, default=10, help="with --determinism: steps")
+    bench.add_argument("--json", action="store_true", help="with --determinism: as JSON")
     return parser
 
 
@@ -143,6 +158,19 @@ def dispatch(args: argparse.Namespace) -> None:
         from flows.sweep import run_sweep
 
         run_sweep(args.grid, jobs=args.jobs, show_test=args.show_test)
+    elif args.command == "readme":
+        from tools.readme import run
+
+        run()
+    elif args.command == "frontier":
+        from tools.frontier import run
+
+        print(run(args.times, args.repo), end="")
+    elif args.command == "bench" and args.determinism:
+        from tools.bench.probe import format_probe, run_probe
+
+        result = run_probe(args.steps)
+        print(json.dumps(result) if args.json else format_probe(result))
     elif args.command == "bench":
         from tools.bench import run
 

@@ -8,7 +8,9 @@ running the whole twin on n tiled copies of the query. Everything else calls the
 One module per kind of measurement, composed by run() here: stages (the data stages on the
 real data, each in its own process, and the index stage's packing), training (the training
 input path, the distortions, the CPU training step), evaluation (the trial scoring), pipeline
-(DVC and the Prefect flow when all is cached), table (the printed table). Beside them: sizes
+(DVC and the Prefect flow when all is cached), probe (the training step under each CPU code
+path and allocator, each in a fresh process, and the determinism probe), table (the printed
+table). Beside them: sizes
 (FULL, QUICK, TINY), timing (timers, child processes), seed (the baselines) and trainer
 (train.py's pieces; bench/gpu.py uses its pair_flops and step_runner).
 Writes reports/bench.json (every figure) and reports/bench.md (the table it prints).
@@ -43,6 +45,7 @@ from tools.bench.pipeline import (
     count_stages,
     dvc_cache_size,
 )
+from tools.bench.probe import bench_cpu_settings
 from tools.bench.seed import unpack_pngs
 from tools.bench.sizes import FULL, QUICK, TINY, Sizes
 from tools.bench.stages import bench_stages
@@ -105,6 +108,9 @@ def run(quick: bool = False, sizes: Sizes | None = None) -> dict[str, Any]:
             results.setdefault("data_stages", {})["no-op dvc repro"] = noop
         # train.py's image tensors live only in this call: freed before the evaluation's own
         results.update(measure_training(params, sizes, Path(scratch), measure))
+    if sizes.probe_steps:
+        results["cpu_settings"] = measure(
+            "cpu_settings", lambda: bench_cpu_settings(sizes.probe_steps))
     results["evaluation"] = measure("evaluation", lambda: bench_eval(params, sizes))
     if sizes.pipeline:
         results["prefect"] = measure("prefect", lambda: bench_pipeline(count_stages(), noop))

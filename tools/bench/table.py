@@ -18,6 +18,7 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
     """(part, measure, this project, seed notebook, ratio) for every headline figure."""
     return [*stage_rows(r.get("data_stages", {})), *input_rows(r["input_path"]),
             *augment_rows(r["augment"]), *step_rows(r["train_step"]),
+            *cpu_rows(r.get("cpu_settings")),
             *eval_rows(r["evaluation"]), *prefect_rows(r.get("prefect")),
             *cache_rows(r.get("dvc_cache"))]
 
@@ -70,6 +71,23 @@ def step_rows(steps: dict[str, Any]) -> list[Row]:
     rows.append(("train step", f"the profile's own step: {pr['arch']} at {pr['image_size']}, "
                  f"{pr['objective']}, {pr['images_per_step']} images/step, images/s",
                  fmt(pr["images_per_s"]), "", ""))
+    return rows
+
+
+def cpu_rows(c: dict[str, Any] | None) -> list[Row]:
+    """The profile's step per CPU setting; the ratio column against `native, default`, the
+    setting before the project chose its own."""
+    if not c:
+        return []
+    before = c["native, default allocator"]["steps_per_s"]
+    rows = [("cpu settings", f"train.cpu_paths {key}: steps/s (system "
+             f"{e['system_share']:.0%} of CPU time, {e['step_fraction_of_peak']:.0%} of the "
+             f"{e['matmul_peak_gflop_per_s']:.0f} GFLOP/s fp32 peak), weights "
+             f"{e['weights_sha256'][:12]}", fmt(e["steps_per_s"]), "",
+             fmt(round(e["steps_per_s"] / before, 2), "x"))
+            for key, e in entries(c)]
+    rows.append(("cpu settings", "avx2 over native, both with the tuned allocator", "", "",
+                 fmt(c["avx2_over_native"], "x")))
     return rows
 
 

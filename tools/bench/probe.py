@@ -1,0 +1,147 @@
+"""The determinism probe: a few training steps of params.yaml's profile on the real data, and
+what they computed, as sha256s to compare across machines.
+
+`siamese bench --determinism` runs it in its own process, whose CPU code paths and allocator
+`siamese` has set from params.yaml (train.cpu_paths) before torch loaded. `siamese bench` also
+runs it as `python -m tools.bench.probe --paths P --allocator A` in fresh processes, one per
+setting, to compare their speed: those settings act only before torch loads.
+
+What is hashed: the weights after `steps` optimiser steps (every state_dict tensor's bytes in
+order, the same form as the probes of the determinism issue), and the scores of that model, in
+eval mode, on the first PROBE_TRIALS valid trials (the scoring path of evaluate and classify).
+"""
+
+import argparse
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from siamese import cpu, paths
+from siamese.errors import PipelineError
+
+PROBE_STEPS = 10
+PROBE_TRIALS = 100
+MATMUL_SIZE = 1024
+
+
+def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
+              allocator: str = "tuned") -> dict[str, Any]:
+    """Train `steps` steps of the profile in this process; its sha256s, speed and CPU time.
+    `cpu_paths` and `allocator` say what was set before torch loaded (default: params.yaml's
+    train.cpu_paths, as `siamese` sets it)."""
+    import numpy as np
+    import torch
+
+    from siamese.config import load_params
+    from siamese.distributed import deterministic
+    from siamese.episodes import load_data
+    from siamese.scoring import trial_scores
+    from tools.bench.trainer import pair_flops, project_loader, step_runner, train_config
+
+    cfg = train_config(load_params(paths.PARAMS))
+    cpu_device = torch.device("cpu")
+    data = load_data(cfg, cpu_device)
+    generators = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    images = len(project_loader(cfg, data, *generators, cpu_device)()[0])  # step_runner's first
+    with deterministic(cfg):
+        step, net = step_runner(cfg, data)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        scores = trial_scores(net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS], cpu_device)
+        peak = matmul_peak(torch)
+    weights = b"".join(v.detach().cpu().contiguous().numpy().tobytes()
+                       for v in net.state_dict().values())
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    step_gflop = images * pair_flops(net, cfg.image_size) / 2 / 1e9
+    return {
+        **cpu.describe(cpu_paths or cfg.cpu_paths),
+        "allocator": allocator,
+        "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
+        "steps": steps,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "scores_sha256": hashlib.sha256(scores.astype("<f4").tobytes()).hexdigest(),
+        "steps_per_s": round(steps / seconds, 3),
+        "system_share": round(system / max(user + system, 1e-9), 3),
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "matmul_peak_gflop_per_s": round(peak, 1),
+        "step_gflop_per_s": round(step_gflop * steps / seconds, 1),
+        "step_fraction_of_peak": round(step_gflop * steps / seconds / peak, 3),
+    }
+
+
+# (train.cpu_paths, allocator): before this project set either, and each one alone
+CPU_SETTINGS = (("native", "default"), ("native", "tuned"), ("avx2", "default"), ("avx2", "tuned"))
+
+
+def bench_cpu_settings(steps: int) -> dict[str, Any]:
+    """The probe in a fresh process per setting of CPU_SETTINGS, `steps` steps each; the speed
+    ratios of the project's setting (avx2, tuned) to the others."""
+    from tools.bench.timing import child_env
+
+    out: dict[str, Any] = {}
+    for paths_choice, allocator in CPU_SETTINGS:
+        cmd = [sys.executable, "-m", "tools.bench.probe", "--paths", paths_choice,
+               "--allocator", allocator, "--steps", str(steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        if done.returncode != 0:
+            raise PipelineError(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n"
+                                f"{done.stderr[-2000:]}")
+        out[f"{paths_choice}, {allocator} allocator"] = json.loads(done.stdout)
+    ours = out["avx2, tuned allocator"]["steps_per_s"]
+    out["speedup_over_before"] = round(ours / out["native, default allocator"]["steps_per_s"], 2)
+    out["avx2_over_native"] = round(ours / out["native, tuned allocator"]["steps_per_s"], 2)
+    return out
+
+
+def matmul_peak(torch) -> float:
+    """fp32 GFLOP/s of a square matrix multiply on this process's threads (best of 5)."""
+    a, b = torch.rand(MATMUL_SIZE, MATMUL_SIZE), torch.rand(MATMUL_SIZE, MATMUL_SIZE)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - started) / 4)
+    return 2 * MATMUL_SIZE**3 / best / 1e9
+
+
+def format_probe(result: dict[str, Any]) -> str:
+    settings = " ".join(f"{k}={v or '(unset)'}" for k, v in result["settings"].items())
+    return "\n".join([
+        f"cpu:        {result['cpu']} ({result['machine']}; {' '.join(result['flags'])})",
+        f"paths:      train.cpu_paths {result['cpu_paths']}: {settings}; ATen "
+        f"{result['aten_capability']}; {result['threads']} threads",
+        f"weights:    {result['weights_sha256']}  (after {result['steps']} steps)",
+        f"scores:     {result['scores_sha256']}  (first {PROBE_TRIALS} valid trials)",
+        f"speed:      {result['steps_per_s']} steps/s, system time {result['system_share']:.0%} "
+        f"of CPU time; the step at {result['step_gflop_per_s']} GFLOP/s, "
+        f"{result['step_fraction_of_peak']:.0%} of the fp32 matrix-multiply peak "
+        f"({result['matmul_peak_gflop_per_s']} GFLOP/s)",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A fresh process: set the paths and allocator first, then probe; JSON on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.probe")
+    parser.add_argument("--paths", choices=tuple(cpu.PATHS), required=True)
+    parser.add_argument("--allocator", choices=("tuned", "default"), required=True)
+    parser.add_argument("--steps", type=int, default=PROBE_STEPS)
+    args = parser.parse_args(argv)
+    if args.allocator == "tuned":
+        cpu.tune_allocator()
+    cpu.pin_paths(args.paths)
+    result = run_probe(args.steps, args.paths, args.allocator)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""`siamese frontier`: accuracy on held-out alphabets against training compute, one point per
+DVC experiment.
+
+Reads the experiments of this repository through DVC's Python API (`dvc.api.exp_show`: each
+one's params and metrics) and the CPU seconds each run took (a TSV of name and cpu_seconds that
+the runner writes, as `/usr/bin/time` measured it: the experiment's training and evaluate).
+Writes docs/frontier/frontier.csv, the picture docs/frontier/frontier.png (holdout 20-way
+accuracy against CPU-minutes, one line per setting) and the table docs/frontier/frontier.md.
+The choice reads the holdout columns only; the test columns stand beside them, for the record.
+"""
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from siamese.atomic import atomic_path, write_text
+from siamese.errors import PipelineError
+
+OUT = Path("docs/frontier")
+SETTING = ("train.width", "train.image_size", "train.rotations", "train.head")
+COLUMNS = ("experiment", *SETTING, "train.steps", "train.seed", "split.holdout_alphabets",
+           "cpu_minutes", "holdout.20-way.accuracy", "holdout.5-way.accuracy",
+           "evaluation.20-way.accuracy", "lake.20-way.accuracy")
+
+
+def read_times(path: Path) -> dict[str, float]:
+    """experiment name -> CPU seconds, from a TSV of `name<TAB>cpu_seconds` lines."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read the run times ({e.strerror})") from None
+    times = {}
+    for number, line in enumerate(lines, 1):
+        name, _, seconds = line.partition("\t")
+        try:
+            times[name] = float(seconds)
+        except ValueError:
+            raise PipelineError(f"{path}:{number}: expected name<TAB>cpu_seconds, got "
+                                f"{line!r}") from None
+    return times
+
+
+def experiment_rows(repo: Path, times: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per named experiment with a time: its setting, budget and accuracies."""
+    import dvc.api
+
+    rows = []
+    for exp in dvc.api.exp_show(repo=str(repo)):
+        name = exp.get("Experiment")
+        if name not in times:
+            continue
+        row = {"experiment": name, "cpu_minutes": round(times[name] / 60, 1)}
+        row.update({key: exp.get(key) for key in COLUMNS if key not in row})
+        rows.append(row)
+    missing = sorted(set(times) - {r["experiment"] for r in rows})
+    if missing:
+        raise PipelineError(f"no DVC experiment named {', '.join(missing)} in {repo}")
+    return sorted(rows, key=lambda r: (setting(r), r["cpu_minutes"]))
+
+
+def setting(row: dict[str, Any]) -> str:
+    width, size, rotations, head = (row[k] for k in SETTING)
+    return f"width {width:.0f}, {size:.0f} px, rotations {rotations:.0f}, {head}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def pct(value: Any) -> str:
+        return "" if value is None else f"{100 * value:.1f}"
+
+    lines = ["| setting | steps | CPU-min | holdout 20-way | holdout 5-way | evaluation 20-way "
+             "| Lake 20-way |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {setting(r)} | {r['train.steps']:.0f} | {r['cpu_minutes']} | "
+              f"**{pct(r['holdout.20-way.accuracy'])}** | {pct(r['holdout.5-way.accuracy'])} | "
+              f"{pct(r['evaluation.20-way.accuracy'])} | {pct(r['lake.20-way.accuracy'])} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def draw(rows: list[dict[str, Any]], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in dict.fromkeys(setting(r) for r in rows):
+        points = [(r["cpu_minutes"], 100 * r["holdout.20-way.accuracy"])
+                  for r in rows if setting(r) == name]
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU-minutes of the run (training and evaluate, 2 threads)")
+    ax.set_ylabel("holdout 20-way accuracy (%)")
+    ax.set_title("Held-out alphabets against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(times_file: Path, repo: Path = Path("."), out: Path = OUT) -> str:
+    rows = experiment_rows(repo, read_times(times_file))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "frontier.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    draw(rows, out / "frontier.png")
+    table = markdown(rows)
+    write_text(table, out / "frontier.md")
+    return table
