@@ -1,6 +1,7 @@
 # `make pipeline`: set up, restore what the default DVC remote holds (none: skipped), then
 # run the whole pipeline (dvc repro) on real Omniglot.
 # `make test`: set up and run the checks and the test suite (what CI runs).
+# `make check`: the quick tier: ruff and the tests not marked slow.
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
@@ -16,7 +17,7 @@ endif
 # Prefect's settings (its home .prefect/, no analytics): prefect.toml, read from this folder;
 # DVC's analytics are off in .dvc/config.
 
-.PHONY: pipeline test lint flow bench setup
+.PHONY: pipeline test check lint flow bench setup
 
 setup: $(VENV)/.installed
 
@@ -36,6 +37,9 @@ lint: setup
 
 test: lint
 	pytest -q
+
+check: lint
+	pytest -q -m "not slow"
 
 flow: setup
 	siamese run

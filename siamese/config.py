@@ -101,14 +101,37 @@ class Section:
     @classmethod
     def parse(cls, params: dict[str, Any]) -> Self:
         sec = section(params, cls.SECTION)
-        values = {f.name: read(sec, f.name, f"{cls.SECTION}.{f.name}", dict(f.metadata))
-                  for f in fields(cls) if f.default is MISSING}
+        known = [f.name for f in fields(cls) if f.default is MISSING]
+        refuse_unknown(params, sec, cls.SECTION, known)
+        values = {name: read(sec, name, f"{cls.SECTION}.{name}", dict(f.metadata))
+                  for f in fields(cls) if (name := f.name) in known}
         config = cls(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Cross-field checks (none by default)."""
+
+
+def refuse_unknown(params: dict[str, Any], sec: dict[str, Any], name: str,
+                   known: list[str]) -> None:
+    """A section of params.yaml that no stage reads, or a key of this section that is not a
+    parameter, is a typo: refused with the nearest known name, before anything runs."""
+    import difflib
+
+    def nearest(key: str, names: list[str], prefix: str = "") -> str:
+        close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+        return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+    sections = sorted(c.SECTION for c in Section.__subclasses__())
+    for key in params:
+        if key not in sections:
+            raise PipelineError(f"params.yaml: section '{key}' is not a section of the "
+                                f"pipeline{nearest(key, sections)}")
+    for key in sec:
+        if key not in known:
+            raise PipelineError(f"params.yaml: {name}.{key} is not a parameter"
+                                f"{nearest(key, known, name + '.')}")
 
 
 # ---------------------------------------------------------------- field checks
@@ -353,3 +376,4 @@ class EvaluateConfig(Section):
     device: "torch.device" = param(str, check=this_machines_device)
     batch_size: int = param(int, lo=1)
     tta: int = param(int, lo=0, hi=64)  # distorted copies averaged into each embedding
+

@@ -26,6 +26,17 @@ SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+# Fixtures that make a test slow: the real data set (built once per session), a Prefect server.
+SLOW_FIXTURES = {"real_data_root", "prefect_session", "prefect_api"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the real data or a Prefect server is slow: `make check` leaves it out."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def siamese_command() -> str:
     """The `siamese` console script of the interpreter running the tests."""
     beside = Path(sys.executable).parent / "siamese"

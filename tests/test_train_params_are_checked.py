@@ -43,3 +43,15 @@ def test_per_layer_l2_needs_one_value_per_layer():
     cfg = TrainConfig.parse(params_with(arch="koch", image_size=105, weight_decay=[0.0, 0.1]))
     with pytest.raises(PipelineError, match="lists 2 values; arch koch has 6 conv/linear"):
         make_optimizer(cfg, build_model("koch", 105))
+
+
+def test_a_typo_in_a_key_or_a_section_is_refused_with_the_nearest_name():
+    params = params_with(lrr=0.1)
+    with pytest.raises(PipelineError, match=re.escape(
+            "params.yaml: train.lrr is not a parameter (did you mean train.lr?)")):
+        TrainConfig.parse(params)
+    params = {**params_with(), "trian": {"lr": 0.1}}
+    with pytest.raises(PipelineError, match=re.escape(
+            "params.yaml: section 'trian' is not a section of the pipeline (did you mean "
+            "train?)")):
+        TrainConfig.parse(params)
