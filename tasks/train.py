@@ -5,8 +5,7 @@ Objectives (train.objective, siamese/objectives.py):
 - episodes: per step, `episode_alphabets` alphabets x up to `episode_characters` characters x
   2 distinct drawers; each query is scored against every support of its alphabet with the
   model's head (train.head) and a softmax cross-entropy picks its own character, in both
-  directions. This is the one-shot test's own form, and on a CPU it beats pairs by ~25 points
-  (notes).
+  directions. This is the one-shot test's own form (docs/pipeline.md compares the two).
 
 With train.ema > 0 an exponential moving average of the weights (batch-norm statistics
 included) follows every optimiser step; it is what is validated, kept as the best and
