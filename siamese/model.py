@@ -19,6 +19,7 @@ character", and has a `bias` that the train stage calibrates.
 - cosine: scale * cos(a, b) + bias.
 """
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -244,15 +245,29 @@ def save_checkpoint(path: Path | str, model: SiameseNet, meta: dict[str, Any]) -
         "valid_accuracy": float(meta.get("valid_accuracy", float("nan"))),
         "params_digest": str(meta.get("params_digest", "")),
         "cpu_paths": dict(meta.get("cpu_paths", {})),  # siamese.cpu.record; {}: not recorded
+        "weights_sha256": weights_digest(state),
     }
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return Path(path)
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes, in order: a flipped byte that
+    torch.load reads without a word is caught on load."""
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """torch.load(weights_only=True) with clear errors for a missing or unreadable file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"{path}: not a regular file (a folder, FIFO or device), so not a "
+                            "checkpoint")
     if not path.is_file():
         raise PipelineError(f"{path}: checkpoint not found; run the train stage first")
     try:
@@ -287,5 +302,10 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[Si
             f"{checkpoint['image_size']} with head {model.options['head']!r} (a checkpoint of "
             f"another architecture or head?): {' '.join(first)}"
         ) from None
-    meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    recorded = checkpoint.get("weights_sha256")
+    if recorded is not None and recorded != weights_digest(checkpoint["state_dict"]):
+        raise PipelineError(f"{path}: its weights do not match the sha256 recorded when it was "
+                            "saved (a damaged file); rebuild it (`dvc repro train`) or restore it "
+                            "(`dvc checkout models/model.pt`)")
+    meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "weights_sha256")}
     return model.to(device).eval(), meta

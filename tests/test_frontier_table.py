@@ -26,7 +26,14 @@ def test_times_are_name_tab_cpu_seconds(tmp_path):
 
 def test_the_table_shows_the_holdout_choice_beside_the_test_columns():
     table = frontier.markdown([ROW])
-    assert "| width 64, 28 px, rotations 4, koch | 1000 | 6.1 | **73.4** | 90.9 | 77.5 | 90.2 |" \
+    row = "| width 64, 28 px, rotations 4, koch | 1000 | 4 | 6.1 | **73.4** | 90.9 | 77.5 | 90.2 |"
+    assert row in table
+
+
+def test_seeds_of_one_setting_get_a_row_of_means():
+    other = {**ROW, "train.seed": 5.0, "holdout.20-way.accuracy": 0.7538}
+    table = frontier.markdown([ROW, other])
+    assert "| width 64, 28 px, rotations 4, koch | 1000 | mean ± sd of 2 | | **74.4 ± 1.4** |" \
         in table
 
 

@@ -47,3 +47,20 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     torch.save(checkpoint, path)
     with pytest.raises(PipelineError, match="m.pt: arch koch: image_size 28 is too small"):
         load_model(path, "cpu")
+
+
+def test_a_flipped_byte_in_the_weights_is_a_clear_error_not_a_score(tmp_path):
+    path = tmp_path / "m.pt"
+    model = build_model("compact", 28, width=8)
+    save_checkpoint(path, model, META)
+    weights = model.state_dict()["features.0.weight"].numpy().tobytes()
+    data = path.read_bytes()
+    at = data.index(weights)  # torch stores tensors uncompressed: the bytes are there as is
+    path.write_bytes(data[:at] + bytes(b ^ 0xFF for b in data[at:at + 64]) + data[at + 64:])
+    with pytest.raises(PipelineError, match="do not match the sha256 recorded when it was saved"):
+        load_model(path, "cpu")
+
+
+def test_a_folder_given_as_the_model_says_what_it_found(tmp_path):
+    with pytest.raises(PipelineError, match="not a regular file"):
+        load_model(tmp_path, "cpu")

@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and dvc.lock")
     frontier = commands.add_parser(
         "frontier", help="holdout accuracy against CPU-minutes of this repository's DVC "
-        "experiments: docs/frontier/ (csv, png, md)")
+        "experiments: docs/frontier/ (points.csv, holdout.png, table.md)")
     frontier.add_argument("--times", type=Path, required=True,
                           help="TSV of experiment name and CPU seconds, one run a line")
     frontier.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository")
+    frontier.add_argument("--out", type=Path, default=Path("docs/frontier"),
+                          help="where points.csv, holdout.png and table.md go")
 
     bench = commands.add_parser(
         "bench", help="measure the speed of every stage; writes reports/bench.json"
@@ -165,7 +167,7 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "frontier":
         from tools.frontier import run
 
-        print(run(args.times, args.repo), end="")
+        print(run(args.times, args.repo, args.out), end="")
     elif args.command == "bench" and args.determinism:
         from tools.bench.probe import format_probe, run_probe
 

@@ -4,12 +4,14 @@ DVC experiment.
 Reads the experiments of this repository through DVC's Python API (`dvc.api.exp_show`: each
 one's params and metrics) and the CPU seconds each run took (a TSV of name and cpu_seconds that
 the runner writes, as `/usr/bin/time` measured it: the experiment's training and evaluate).
-Writes docs/frontier/frontier.csv, the picture docs/frontier/frontier.png (holdout 20-way
-accuracy against CPU-minutes, one line per setting) and the table docs/frontier/frontier.md.
+Writes, in docs/frontier/ (or `out`): points.csv, the picture holdout.png (holdout 20-way
+accuracy against CPU-minutes, one line per setting) and the table table.md, where a setting
+run with several seeds at one budget gets a row of means and standard deviations too.
 The choice reads the holdout columns only; the test columns stand beside them, for the record.
 """
 
 import csv
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ def experiment_rows(repo: Path, times: dict[str, float]) -> list[dict[str, Any]]
     missing = sorted(set(times) - {r["experiment"] for r in rows})
     if missing:
         raise PipelineError(f"no DVC experiment named {', '.join(missing)} in {repo}")
-    return sorted(rows, key=lambda r: (setting(r), r["cpu_minutes"]))
+    return sorted(rows, key=lambda r: (setting(r), r["train.steps"], r["train.seed"]))
 
 
 def setting(row: dict[str, Any]) -> str:
@@ -63,16 +65,33 @@ def setting(row: dict[str, Any]) -> str:
     return f"width {width:.0f}, {size:.0f} px, rotations {rotations:.0f}, {head}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    def pct(value: Any) -> str:
-        return "" if value is None else f"{100 * value:.1f}"
+ACCURACIES = ("holdout.20-way.accuracy", "holdout.5-way.accuracy", "evaluation.20-way.accuracy",
+              "lake.20-way.accuracy")
 
-    lines = ["| setting | steps | CPU-min | holdout 20-way | holdout 5-way | evaluation 20-way "
-             "| Lake 20-way |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {setting(r)} | {r['train.steps']:.0f} | {r['cpu_minutes']} | "
-              f"**{pct(r['holdout.20-way.accuracy'])}** | {pct(r['holdout.5-way.accuracy'])} | "
-              f"{pct(r['evaluation.20-way.accuracy'])} | {pct(r['lake.20-way.accuracy'])} |"
-              for r in rows]
+
+def pct(value: Any) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{pct(statistics.mean(values))} ± {pct(statistics.stdev(values))}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| setting | steps | seed | CPU-min | holdout 20-way | holdout 5-way | "
+             "evaluation 20-way | Lake 20-way |", "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((setting(r), r["train.steps"]), []).append(r)
+    for (name, steps), group in groups.items():
+        for r in group:
+            holdout, *others = (pct(r[key]) for key in ACCURACIES)
+            lines.append(f"| {name} | {steps:.0f} | {r['train.seed']:.0f} | {r['cpu_minutes']} "
+                         f"| **{holdout}** | {' | '.join(others)} |")
+        if len(group) > 1:
+            cells = [mean_sd([r[key] for r in group]) for key in ACCURACIES]
+            lines.append(f"| {name} | {steps:.0f} | mean ± sd of {len(group)} | | "
+                         f"**{cells[0]}** | {' | '.join(cells[1:])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,8 +103,8 @@ def draw(rows: list[dict[str, Any]], target: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in dict.fromkeys(setting(r) for r in rows):
-        points = [(r["cpu_minutes"], 100 * r["holdout.20-way.accuracy"])
-                  for r in rows if setting(r) == name]
+        points = sorted((r["cpu_minutes"], 100 * r["holdout.20-way.accuracy"])
+                        for r in rows if setting(r) == name)
         ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("CPU-minutes of the run (training and evaluate, 2 threads)")
@@ -102,11 +121,11 @@ def draw(rows: list[dict[str, Any]], target: Path) -> None:
 def run(times_file: Path, repo: Path = Path("."), out: Path = OUT) -> str:
     rows = experiment_rows(repo, read_times(times_file))
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "frontier.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(out / "points.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    draw(rows, out / "frontier.png")
+    draw(rows, out / "holdout.png")
     table = markdown(rows)
-    write_text(table, out / "frontier.md")
+    write_text(table, out / "table.md")
     return table

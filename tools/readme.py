@@ -2,7 +2,7 @@
 
 Block `results` is made from reports/metrics.json (accuracies and intervals),
 reports/train/metrics.json (the best step) and dvc.lock (the model's md5 and steps); block
-`frontier` is docs/frontier/frontier.md, which `siamese frontier` writes from the DVC
+`frontier` is docs/frontier/table.md, which `siamese frontier` writes from the DVC
 experiments. So no figure a run changes is typed by hand; a test checks that the committed
 README holds exactly what the committed files give.
 """
@@ -18,7 +18,7 @@ from siamese.atomic import write_text
 from siamese.errors import PipelineError
 
 README = Path("README.md")
-FRONTIER = Path("docs/frontier/frontier.md")
+FRONTIER = Path("docs/frontier/table.md")
 ROWS = (
     ("evaluation", "evaluation: 20 unseen alphabets"),
     ("lake", "Lake's 20 official runs"),
