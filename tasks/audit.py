@@ -177,7 +177,8 @@ def near_pairs(packed: np.ndarray, p: dict[str, Any], exact: np.ndarray
                          "cells": candidates[:, 2], "overlap": score.round(4)})
     near = near[score >= p["min_overlap"]]
     equal = set(map(tuple, exact.tolist()))
-    near = near[[(a, b) not in equal for a, b in zip(near["a"], near["b"], strict=True)]]
+    kept = [(a, b) not in equal for a, b in zip(near["a"], near["b"], strict=True)]
+    near = near[np.array(kept, dtype=bool)]  # a bool array: an empty list would pick columns
     work = {"signature_comparisons": compared, "candidates": len(candidates)}
     return near.sort_values(["a", "b"], ignore_index=True), work
 

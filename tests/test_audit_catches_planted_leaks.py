@@ -186,3 +186,13 @@ def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic
     assert tasks["audit"].state.is_failed()
     assert tasks["split"].state.is_completed() and (root / paths.SPLIT).exists()
     assert not (root / paths.MODEL).exists()  # pairs, trials, train, evaluate never started
+
+
+def test_candidates_that_none_overlap_enough_give_no_near_pairs():
+    from tasks.audit import near_pairs
+
+    mask = np.random.default_rng(0).random((2, 105, 105)) < 0.1
+    packed = np.packbits(mask, axis=-1)  # two different drawings of the same ink density
+    params = {"tolerance": 0, "near_bits": 256, "min_overlap": 1.0}
+    near, work = near_pairs(packed, params, np.zeros((0, 2), dtype=np.int64))
+    assert work["candidates"] == 1 and near.empty and list(near.columns[:2]) == ["a", "b"]

@@ -11,12 +11,16 @@ import pytest
 from siamese import cpu
 from tests.conftest import siamese_command
 
-# `siamese bench --determinism` with the project's params.yaml on the real data (10 steps).
-# The weights' sha256 is also what an AMD EPYC with AVX2 and no AVX-512 computed with the
-# same three settings (issue 18's table): another CPU, the same bits.
-PINNED_WEIGHTS = "52513a3f1a0b5c30f44cc7f727c4bb285d165b33af5479ec6f50f8972db7c56b"
-PINNED_SCORES = "ebab9cebd88871ef527e876891b951c41241411aef6df3022e2cce5b23c7e088"
-
+# `siamese bench --determinism` on the real data (10 steps): (train overrides, weights sha256,
+# scores sha256). The first is the profile of issue 18 (28x28, no rotations), whose weights an
+# AMD EPYC with AVX2 and no AVX-512 computed with the same three settings: another CPU, the
+# same bits. The second is params.yaml's profile, the committed model's.
+PINNED = [
+    (["--train", "rotations=1", "--train", "image_size=28"],
+     "52513a3f1a0b5c30f44cc7f727c4bb285d165b33af5479ec6f50f8972db7c56b",
+     "ebab9cebd88871ef527e876891b951c41241411aef6df3022e2cce5b23c7e088"),
+    ([], "DEFAULT_WEIGHTS", "DEFAULT_SCORES"),
+]
 
 def torch_in_fresh_process(code: str, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -65,12 +69,14 @@ def test_the_allocator_is_tuned_on_glibc():
 
 @pytest.mark.slow
 @pytest.mark.skipif(cpu.unreproducible_reason("avx2") is not None, reason="no AVX2 here")
-def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root):
-    done = subprocess.run([siamese_command(), "bench", "--determinism", "--json"],
+@pytest.mark.parametrize(("overrides", "weights", "scores"), PINNED)
+def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root, overrides,
+                                                                   weights, scores):
+    done = subprocess.run([siamese_command(), "bench", "--determinism", "--json", *overrides],
                           cwd=real_data_root, capture_output=True, text=True, env=clean_env())
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout)
     assert probe["settings"] == cpu.PATHS["avx2"] and probe["aten_capability"] == "AVX2"
     where = f"{probe['cpu']} ({' '.join(probe['flags'])})"
-    assert probe["weights_sha256"] == PINNED_WEIGHTS, f"other weights on {where}"
-    assert probe["scores_sha256"] == PINNED_SCORES, f"other scores on {where}"
+    assert probe["weights_sha256"] == weights, f"other weights on {where}"
+    assert probe["scores_sha256"] == scores, f"other scores on {where}"

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the determinism probe: train a few steps of params.yaml's "
                        "profile, print the weights' and scores' sha256 with the CPU and settings")
     bench.add_argument("--steps", type=int, default=10, help="with --determinism: steps")
+    bench.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                       help="with --determinism: override a train parameter (repeatable)")
     bench.add_argument("--json", action="store_true", help="with --determinism: as JSON")
     return parser
 
@@ -171,12 +173,25 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "bench" and args.determinism:
         from tools.bench.probe import format_probe, run_probe
 
-        result = run_probe(args.steps)
+        result = run_probe(args.steps, train=overrides(args.train))
         print(json.dumps(result) if args.json else format_probe(result))
     elif args.command == "bench":
         from tools.bench import run
 
         run(quick=args.quick)
+
+
+def overrides(pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs, each value read as YAML (2 is a number, koch a string)."""
+    import yaml
+
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PipelineError(f"--train {pair!r}: expected KEY=VALUE, e.g. rotations=1")
+        found[key] = yaml.safe_load(value)
+    return found
 
 
 def lineage(args: argparse.Namespace) -> None:

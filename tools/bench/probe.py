@@ -29,10 +29,10 @@ MATMUL_SIZE = 1024
 
 
 def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
-              allocator: str = "tuned") -> dict[str, Any]:
+              allocator: str = "tuned", train: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `steps` steps of the profile in this process; its sha256s, speed and CPU time.
     `cpu_paths` and `allocator` say what was set before torch loaded (default: params.yaml's
-    train.cpu_paths, as `siamese` sets it)."""
+    train.cpu_paths, as `siamese` sets it); `train` overrides keys of the train section."""
     import numpy as np
     import torch
 
@@ -42,7 +42,7 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
     from siamese.scoring import trial_scores
     from tools.bench.trainer import pair_flops, project_loader, step_runner, train_config
 
-    cfg = train_config(load_params(paths.PARAMS))
+    cfg = train_config(load_params(paths.PARAMS), **(train or {}))
     cpu_device = torch.device("cpu")
     data = load_data(cfg, cpu_device)
     generators = np.random.default_rng(0), torch.Generator().manual_seed(0)
@@ -66,6 +66,7 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         "allocator": allocator,
         "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
         "steps": steps,
+        "train_overrides": dict(train or {}),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "scores_sha256": hashlib.sha256(scores.astype("<f4").tobytes()).hexdigest(),
         "steps_per_s": round(steps / seconds, 3),
