@@ -26,7 +26,8 @@ from tests.training import train_project
 # One thread: on 2 cores shared with other jobs, torch's thread pool spends more time waiting
 # for the other thread than computing (a step took 1.2 s with 2 threads, 0.1 s with one).
 SHORT = {"steps": 80, "eval_every": 80, "episode_alphabets": 4, "episode_characters": 10,
-         "rotations": 1, "width": 16, "embedding": 32, "lr": 0.003, "threads": 1}
+         "rotations": 1, "image_size": 28, "width": 16, "embedding": 32, "lr": 0.003,
+         "threads": 1}
 META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc"}
 
 

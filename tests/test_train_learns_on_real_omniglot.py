@@ -11,7 +11,7 @@ from siamese.scoring import credit, embed_images, trial_scores
 from tests.training import train_project
 
 SHORT = {"steps": 120, "eval_every": 120, "episode_alphabets": 4, "episode_characters": 10,
-         "lr": 0.003}
+         "lr": 0.003, "rotations": 1, "image_size": 28}  # a small profile, not the default's
 
 
 def test_short_episodic_training_beats_chance_on_unseen_alphabets(tmp_path, real_data_root,
