@@ -19,7 +19,8 @@ PINNED = [
     (["--train", "rotations=1", "--train", "image_size=28"],
      "52513a3f1a0b5c30f44cc7f727c4bb285d165b33af5479ec6f50f8972db7c56b",
      "ebab9cebd88871ef527e876891b951c41241411aef6df3022e2cce5b23c7e088"),
-    ([], "DEFAULT_WEIGHTS", "DEFAULT_SCORES"),
+    ([], "782aefd6392ece4bd86f3bd495acd97dc9ad5454d7d31b0645ab5ec4a16021dd",
+     "c9e45b078a5e2f169b23e020daed97c50322eed81b643fd21c54b1dde60b4f01"),
 ]
 
 def torch_in_fresh_process(code: str, env: dict[str, str]) -> str:

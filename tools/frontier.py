@@ -100,6 +100,7 @@ def draw(rows: list[dict[str, Any]], target: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in dict.fromkeys(setting(r) for r in rows):
@@ -107,6 +108,9 @@ def draw(rows: list[dict[str, Any]], target: Path) -> None:
                         for r in rows if setting(r) == name)
         ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("CPU-minutes of the run (training and evaluate, 2 threads)")
     ax.set_ylabel("holdout 20-way accuracy (%)")
     ax.set_title("Held-out alphabets against compute")

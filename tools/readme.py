@@ -71,8 +71,8 @@ def results(root: Path) -> str:
     verification = metrics["verification"]
     lines += [f"| verification: {verification['pairs']:,} valid pairs | "
               f"{100 * verification['accuracy']:.1f}%, AUC {verification['auc']:.3f} | |", "",
-              f"Accuracy, 95% interval resampling whole alphabets, (trials). `models/model.pt` "
-              f"md5 `{md5}`, best at step {best_step:,} of {steps:,}."]
+              "Accuracy, 95% interval resampling whole alphabets, (trials).",
+              f"`models/model.pt` md5 `{md5}`, best at step {best_step:,} of {steps:,}."]
     return "\n".join(lines)
 
 
