@@ -81,3 +81,15 @@ def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root
     where = f"{probe['cpu']} ({' '.join(probe['flags'])})"
     assert probe["weights_sha256"] == weights, f"other weights on {where}"
     assert probe["scores_sha256"] == scores, f"other scores on {where}"
+
+
+
+def test_siamese_in_process_pins_nothing_once_torch_has_loaded(monkeypatch, tmp_path):
+    import torch  # noqa: F401  (as in a test or notebook that calls `siamese` in-process)
+
+    from tools.cli import prepare_process
+
+    for name in cpu.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    prepare_process(tmp_path / "params.yaml")  # spawned children would inherit the pins
+    assert cpu.in_force() == {name: "" for name in cpu.SETTINGS}

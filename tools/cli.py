@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare_process(params_file: Path) -> None:
     """The CPU code paths of params_file's train.cpu_paths (the default where the file or the
-    key is missing: the stages report a bad value themselves) and the tuned allocator."""
+    key is missing: the stages report a bad value themselves) and the tuned allocator. Called
+    in-process (a test, a notebook) after torch has loaded, it pins nothing."""
     from siamese import cpu
 
     choice = cpu.DEFAULT
@@ -125,7 +126,8 @@ def prepare_process(params_file: Path) -> None:
         if isinstance(train, dict) and train.get("cpu_paths") in cpu.PATHS:
             choice = train["cpu_paths"]
     cpu.tune_allocator()
-    cpu.pin_paths(choice)
+    if "torch" not in sys.modules:  # else the libraries have read their settings: pinning now
+        cpu.pin_paths(choice)       # would act only in child processes (training says so)
 
 
 def dispatch(args: argparse.Namespace) -> None:
