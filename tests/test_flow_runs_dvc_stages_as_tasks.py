@@ -15,6 +15,8 @@ from tests.flowkit import (  # noqa: F401
 )
 from tests.flowkit import git_commit_all as commit
 
+pytestmark = pytest.mark.slow  # Prefect flows over DVC stages: not in `make check`
+
 
 @pytest.fixture(scope="module")
 def pipeline(request):

@@ -23,6 +23,8 @@ from tests.flowkit import (  # noqa: F401
     run,
 )
 
+pytestmark = pytest.mark.slow  # DVC remotes and Prefect runs: not in `make check`
+
 MODEL = "models/model.txt"
 
 

@@ -15,6 +15,8 @@ from tests.flowkit import (  # noqa: F401
     run,
 )
 
+pytestmark = pytest.mark.slow  # DVC experiments under Prefect: not in `make check`
+
 # The tiny evaluate stage's metrics, plus a holdout set that ranks the points the other way
 # round from valid at its largest n-way (not at 5-way), and two test sets.
 TINY_METRICS = 'metrics = {"valid": {"20-way": {"accuracy": round(1 - lr, 4), "ci95": [0.1, 0.2]}}}'

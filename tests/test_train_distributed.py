@@ -18,6 +18,8 @@ from siamese.objectives import EpisodeLoss, lr_at, make_optimizer
 from tests.test_train_params_are_checked import params_with
 from tests.training import train_project
 
+pytestmark = pytest.mark.slow  # torchrun and spawned ranks: not in `make check`
+
 SMALL = {"steps": 4, "eval_every": 2, "episode_alphabets": 2, "episode_characters": 4,
          "threads": 1}
 
