@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from siamese import cpu
 from siamese.errors import PipelineError
 from tests.conftest import build_data
 from tests.synthetic import Layout, make_source
@@ -38,12 +39,15 @@ def source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory, source) -> tuple[dict, Path]:
     root = build_data(tmp_path_factory.mktemp("bench-project"), source, EDITS)
-    here = Path.cwd()
+    here, saved = Path.cwd(), dict(os.environ)
     os.chdir(root)
+    os.environ.update(cpu.PATHS["avx2"])  # as `siamese bench` pins its own process
     try:
         return bench.run(sizes=bench.TINY), root
     finally:
         os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_bench_runs_every_section_and_writes_reports(tiny_bench):
@@ -58,6 +62,17 @@ def test_bench_runs_every_section_and_writes_reports(tiny_bench):
     assert stages["index"]["images"] == stages["index: pack+write"]["images"] > 0
     assert set(r["train_step"]) == {"threads", "compact at 28", "profile"}
     assert r["train_step"]["profile"]["images_per_s"] > 0
+
+
+def test_bench_runs_the_step_under_each_cpu_setting_in_its_own_process(tiny_bench):
+    settings = tiny_bench[0]["cpu_settings"]
+    native, pinned = settings["native, tuned allocator"], settings["avx2, tuned allocator"]
+    assert native["settings"] == {name: "" for name in cpu.SETTINGS}  # not the parent's pins
+    assert pinned["settings"] == cpu.PATHS["avx2"]
+    for paths in ("native", "avx2"):  # the allocator changes no weight
+        assert (settings[f"{paths}, default allocator"]["weights_sha256"]
+                == settings[f"{paths}, tuned allocator"]["weights_sha256"])
+    assert "| cpu settings |" in (tiny_bench[1] / "reports/bench.md").read_text()
 
 
 def test_bench_baselines_compute_what_the_project_computes(tiny_bench):

@@ -88,10 +88,12 @@ def bench_cpu_settings(steps: int) -> dict[str, Any]:
     from tools.bench.timing import child_env
 
     out: dict[str, Any] = {}
+    # without this process's own pins, which `native` would otherwise inherit
+    env = {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
     for paths_choice, allocator in CPU_SETTINGS:
         cmd = [sys.executable, "-m", "tools.bench.probe", "--paths", paths_choice,
                "--allocator", allocator, "--steps", str(steps)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise PipelineError(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n"
                                 f"{done.stderr[-2000:]}")

@@ -24,4 +24,4 @@ QUICK = Sizes(batch=128, project_batches=60, seed_batches=5, augment_batches=8,
               steps=(("compact", 28, 128, 5), ("koch", 105, 4, 2)), seed_trials=50,
               probe_steps=20)
 TINY = Sizes(batch=16, project_batches=4, seed_batches=2, augment_batches=2,
-             steps=(("compact", 28, 16, 1),), seed_trials=5, probe_steps=0, pipeline=False)
+             steps=(("compact", 28, 16, 1),), seed_trials=5, probe_steps=1, pipeline=False)
