@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also show the test trial sets' columns (evaluation, lake); the "
                        "table is ranked by holdout accuracy either way")
 
-    commands.add_parser("readme", help="rewrite the README's results block from reports/ "
-                        "and dvc.lock")
+    commands.add_parser("readme", help="rewrite the README's generated blocks (results, "
+                        "frontier) from reports/, dvc.lock and docs/frontier/")
     frontier = commands.add_parser(
         "frontier", help="holdout accuracy against CPU-minutes of this repository's DVC "
         "experiments: docs/frontier/ (points.csv, holdout.png, table.md)")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--determinism", action="store_true",
                        help="only the determinism probe: train a few steps of params.yaml's "
                        "profile, print the weights' and scores' sha256 with the CPU and settings")
-    bench.add_argument("--steps", type=int, default=10, help="with --determinism: steps")
+    bench.add_argument("--steps", type=int, help="with --determinism: steps (default 10)")
     bench.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                        help="with --determinism: override a train parameter (repeatable)")
     bench.add_argument("--json", action="store_true", help="with --determinism: as JSON")
@@ -173,9 +173,9 @@ def dispatch(args: argparse.Namespace) -> None:
 
         print(run(args.times, args.repo, args.out), end="")
     elif args.command == "bench" and args.determinism:
-        from tools.bench.probe import format_probe, run_probe
+        from tools.bench.probe import PROBE_STEPS, format_probe, run_probe
 
-        result = run_probe(args.steps, train=overrides(args.train))
+        result = run_probe(args.steps or PROBE_STEPS, train=overrides(args.train))
         print(json.dumps(result) if args.json else format_probe(result))
     elif args.command == "bench":
         from tools.bench import run
