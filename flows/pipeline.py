@@ -24,6 +24,7 @@ from flows.dvcstages import dvc, pipeline_stages, read_pipeline, run_logged, sta
 from flows.report import publish_artifacts
 from flows.server import check_api, schedule_server
 from siamese.errors import PipelineError
+from siamese.provenance import git_revision
 
 FLOW_NAME = "omniglot-pipeline"
 # Stages whose faults can pass (a download): (retries, first delay in seconds; it doubles).
@@ -87,6 +88,7 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure), then push if `push`."""
     root = Path(repo).resolve()
+    found = git_revision(root)  # the tree as this run found it, before its stages write
     results: list[dict[str, Any]] = []
     try:
         action = "dvc pull" + (" and push" if push else "")
@@ -107,7 +109,7 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
             push_task(str(root))
     finally:
         try:
-            publish_artifacts(root, results)
+            publish_artifacts(root, results, found, FLOW_NAME)
         except Exception as e:  # never hide the stage's own failure behind a report's
             get_run_logger().warning(f"flow artifacts not written: {e}")
     return results

@@ -1,13 +1,29 @@
-"""What a pipeline flow run leaves on the Prefect server: the metrics table, the provenance
-summary and, for a deployment's run, what changed since the previous completed run."""
+"""What a pipeline flow run leaves on the Prefect server, as data, and how it is read back.
+
+Each run leaves table artifacts (JSON rows): `omniglot-metrics` (the metrics), `omniglot-
+provenance` (one row: data set fingerprint, params digest, git revision, and whether tracked
+files differed from it when the run started) and `omniglot-stages` (each stage's outcome);
+a deployment's run also leaves `omniglot-changes`, what changed since the previous completed
+run (`siamese lineage --diff`, run as a command, as the stages run `dvc`).
+"""
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from siamese import paths
-from siamese.errors import PipelineError
+from siamese.provenance import dataset_fingerprint, params_digest
+
+METRICS_KEY = "omniglot-metrics"
+PROVENANCE_KEY = "omniglot-provenance"
+STAGES_KEY = "omniglot-stages"
+CHANGES_KEY = "omniglot-changes"
+PAGE = 200  # rows per read: the Prefect server's own cap
+RUNS_PER_READ = 50  # flow runs whose artifacts are read at once (a few each)
 
 
 def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -32,66 +48,108 @@ def metrics_rows(root: Path) -> list[dict[str, Any]]:
     return [{"metric": name, "value": value} for name, value in flatten(metrics)]
 
 
-def provenance_markdown(root: Path, results: list[dict[str, Any]]) -> str:
-    """The run's data set fingerprint, params digest, git revision, stages and report paths."""
-    from tools.lineage import dataset_fingerprint, git_revision, params_digest
-
-    revision, dirty = git_revision(root)
-    pictures = root / paths.REPORTS / "evaluate"
-    reports = sorted(p.relative_to(root).as_posix() for p in pictures.rglob("*") if p.is_file())
-    lines = [
-        "# Omniglot pipeline run",
-        "",
-        f"- data set fingerprint: `{dataset_fingerprint(root) or 'not built'}`",
-        f"- params digest (sha256 of params.yaml, canonical): `{params_digest(root)}`",
-        f"- git revision: `{revision}`" + (" (tracked files changed since)" if dirty else ""),
-        f"- metrics: `{paths.METRICS}`" + ("" if (root / paths.METRICS).exists() else " (absent)"),
-        "",
-        "| stage | outcome | seconds |",
-        "|---|---|---|",
-        *[f"| {r['stage']} | {r['outcome']} | {r['seconds']} |" for r in results],
-        "",
-        "## Reports and pictures",
-        "",
-        *([f"- `{p}`" for p in reports] or ["(none yet)"]),
-    ]
-    return "\n".join(lines) + "\n"
+def provenance_row(root: Path, found: tuple[str, bool]) -> dict[str, Any]:
+    """The run's provenance; `found`: (git revision, dirty) as the run found the tree, before
+    its stages rewrote dvc.lock and the tracked reports."""
+    revision, dirty = found
+    return {"fingerprint": dataset_fingerprint(root), "params_digest": params_digest(root),
+            "git_revision": revision, "dirty": dirty,
+            "metrics": paths.METRICS.as_posix() if (root / paths.METRICS).exists() else None}
 
 
-def changes_since_last_run(root: Path, this_run: str) -> str:
-    """`siamese lineage --diff` as Markdown, from the git revision of the pipeline's previous
-    completed flow run to this run's: what a scheduled run changed since the last one."""
-    from tools import revisions, runs
-    from tools.lineage import git_revision
+def read_runs(flow_name: str, since: datetime | None = None, ids: list[Any] | None = None
+              ) -> list[tuple[Any, dict[str, Any]]]:
+    """(flow run, {artifact key: artifact}) for the runs of flow `flow_name` (started since
+    `since`, with one of `ids`), oldest first, read page by page."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterStartTime,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 
-    current, _ = git_revision(root)
-    earlier = [runs.run_record(r, artifacts, None) for r, artifacts in runs.read_runs(None)
-               if str(r.id) != this_run and r.state_name == "Completed"]
-    previous = next((rec["git_revision"] for rec in reversed(earlier)
-                     if rec["git_revision"] not in (None, "unknown")), None)
+    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since) if since else None,
+                         id=FlowRunFilterId(any_=ids) if ids else None)
+    flows = FlowFilter(name=FlowFilterName(any_=[flow_name]))
+    with get_client(sync_client=True) as client:
+        found = read_all(lambda offset: client.read_flow_runs(
+            flow_filter=flows, flow_run_filter=when, sort=FlowRunSort.ID_DESC, limit=PAGE,
+            offset=offset))
+        by_run: dict[Any, dict[str, Any]] = {}
+        for start in range(0, len(found), RUNS_PER_READ):
+            chunk = FlowRunFilter(id=FlowRunFilterId(
+                any_=[r.id for r in found[start:start + RUNS_PER_READ]]))
+            for artifact in read_all(lambda offset, chunk=chunk: client.read_artifacts(
+                    flow_run_filter=chunk, sort=ArtifactSort.ID_DESC, limit=PAGE, offset=offset)):
+                by_run.setdefault(artifact.flow_run_id, {})[artifact.key] = artifact
+    found.sort(key=lambda r: (r.start_time is None, r.start_time or r.created, str(r.id)))
+    return [(r, by_run.get(r.id, {})) for r in found]
+
+
+def read_all(read_page: Any) -> list[Any]:
+    """Every row of a paged read: `read_page(offset)` returns at most PAGE rows."""
+    rows: list[Any] = []
+    while True:
+        page = read_page(len(rows))
+        rows += page
+        if len(page) < PAGE:
+            return rows
+
+
+def table(artifact: Any) -> list[dict[str, Any]]:
+    """The rows of a table artifact; [] for none, or for one of another kind."""
+    try:
+        rows = json.loads(getattr(artifact, "data", None) or "[]")
+    except (TypeError, json.JSONDecodeError):
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def previous_revision(flow_name: str, this_run: str) -> str | None:
+    """The git revision of the latest completed run of `flow_name` other than `this_run`."""
+    for run, artifacts in reversed(read_runs(flow_name)):
+        rows = table(artifacts.get(PROVENANCE_KEY))
+        revision = rows[0].get("git_revision") if rows else None
+        if str(run.id) != this_run and run.state_name == "Completed" \
+                and revision not in (None, "unknown"):
+            return revision
+    return None
+
+
+def changes_since(root: Path, previous: str | None, current: str) -> str:
+    """`siamese lineage --diff PREVIOUS CURRENT` in `root`, as Markdown."""
     if previous is None:
         return "# Changes since the previous run\n\nNo earlier completed run to compare with.\n"
-    try:
-        return "\n".join(revisions.format_diff(revisions.diff(previous, current, root))) + "\n"
-    except PipelineError as e:
-        return f"# Changes since the previous run ({previous[:10]})\n\nNot compared: {e}\n"
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "lineage", "--diff", previous,
+                           current], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        why = why.removeprefix("siamese lineage: error: ")
+        return f"# Changes since the previous run ({previous[:10]})\n\nNot compared: {why}\n"
+    return done.stdout
 
 
-def publish_artifacts(root: Path, results: list[dict[str, Any]]) -> None:
-    """The metrics table and the provenance summary; for a deployment's (scheduled) run, also
+def publish_artifacts(root: Path, results: list[dict[str, Any]], found: tuple[str, bool],
+                      flow_name: str) -> None:
+    """The metrics, provenance and stage tables; for a deployment's (scheduled) run, also
     what changed since the previous completed run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.runtime import deployment, flow_run
 
     rows = metrics_rows(root)
     if rows:
-        create_table_artifact(rows, key="omniglot-metrics", description=f"{paths.METRICS}")
-    create_markdown_artifact(
-        provenance_markdown(root, results), key="omniglot-provenance",
-        description="data set fingerprint, params digest, git revision, reports",
-    )
+        create_table_artifact(rows, key=METRICS_KEY, description=f"{paths.METRICS}")
+    create_table_artifact([provenance_row(root, found)], key=PROVENANCE_KEY,
+                          description="data set fingerprint, params digest, git revision")
+    if results:
+        create_table_artifact(results, key=STAGES_KEY,
+                              description="each stage's outcome and seconds")
     if deployment.id is not None:
+        previous = previous_revision(flow_name, flow_run.id)
         create_markdown_artifact(
-            changes_since_last_run(root, flow_run.id), key="omniglot-changes",
+            changes_since(root, previous, found[0]), key=CHANGES_KEY,
             description="siamese lineage --diff from the previous completed run to this one",
         )

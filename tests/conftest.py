@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import REPO
 from tests.synthetic import make_source, write_zip
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OMNIGLOT_SHARED", REPO.parent / "shared" / "data" / "omniglot"))
 DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
 # What the synthetic layout (tests/synthetic.py) can feed: its smallest background alphabet has

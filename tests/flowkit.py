@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OFFLINE = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

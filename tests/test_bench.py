@@ -15,13 +15,14 @@ import pytest
 
 from siamese import cpu
 from siamese.errors import PipelineError
+from tests import REPO
 from tests.conftest import build_data
 from tests.synthetic import Layout, make_source
 from tools import bench
 
 pytestmark = pytest.mark.slow  # the whole bench on a built data folder: not in `make check`
 
-REPO = Path(__file__).resolve().parents[1]
+
 # Alphabets of 21 characters: enough for the 20-way validation trials that train.py needs.
 LAYOUT = Layout(background=(("Alpha", 21), ("Beta", 21)), evaluation=(("Delta", 21),), runs=1)
 EDITS = {

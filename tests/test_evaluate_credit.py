@@ -15,7 +15,7 @@ from siamese.errors import PipelineError
 from siamese.images import pack
 from siamese.model import build_model, save_checkpoint
 from tasks import evaluate
-from tests.conftest import REPO
+from tests import REPO
 
 ALPHABETS = ("Alpha", "Beta")
 CHARACTERS = 5

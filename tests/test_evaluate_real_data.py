@@ -16,7 +16,7 @@ from siamese.config import load_params
 from siamese.model import build_model, save_checkpoint
 from siamese.zips import read_files
 from tasks import evaluate
-from tests.conftest import REPO
+from tests import REPO
 from tools import classify
 
 TRIALS_PER_SET = 40  # per (trial_set, n_way): lake's first 40 are runs 1 and 2

@@ -13,7 +13,7 @@ from siamese.model import build_model
 from siamese.scoring import embed_images
 from tasks import evaluate
 from tasks.evaluate import embedding_table, tta_matrices
-from tests.conftest import REPO
+from tests import REPO
 from tests.test_evaluate_credit import make_data, params, save_model
 
 IDS = np.array([1, 4, 5, 9, 10])

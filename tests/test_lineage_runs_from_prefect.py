@@ -6,9 +6,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.flowkit import BIN, make_tiny_project, prefect_session, run  # noqa: F401
+from siamese.provenance import params_digest
+from tests.flowkit import (  # noqa: F401
+    BIN,
+    git_commit_all,
+    make_tiny_project,
+    prefect_session,
+    run,
+    set_param,
+)
 from tools import runs
-from tools.lineage import params_digest
 
 pytestmark = pytest.mark.slow  # Prefect's temporary server and two flow runs: ~35 s
 
@@ -78,3 +85,54 @@ def test_diff_takes_a_flow_run_id_for_the_revision_it_ran(two_runs):
     assert revisions.resolve(project, ids[0]) == head
     with pytest.raises(PipelineError, match="flow run 00000000-0000-0000-0000-000000000000: not"):
         revisions.resolve(project, "00000000-0000-0000-0000-000000000000")
+
+
+def test_runs_past_the_servers_page_of_200_are_all_read_oldest_first(request):
+    """205 runs with their artifacts, made through Prefect's client (no flow runs): every run,
+    in order, keeps its provenance (the server returns at most 200 rows a read)."""
+    request.getfixturevalue("prefect_session")
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.states import Completed
+
+    from flows.pipeline import FLOW_NAME
+
+    @flow(name=FLOW_NAME)
+    def stand_in() -> None:
+        """Names the runs; never called."""
+
+    with get_client(sync_client=True) as client:
+        for i in range(205):
+            made = client.create_flow_run(stand_in, name=f"paged-{i:03d}", state=Completed())
+            row = {"fingerprint": f"fp{i}", "params_digest": "d", "git_revision": f"rev{i}",
+                   "dirty": False, "metrics": None}
+            client.create_artifact(ArtifactCreate(key="omniglot-provenance", type="table",
+                                                  data=json.dumps([row]), flow_run_id=made.id))
+    found = [r for r in runs.list_runs()["runs"] if r["name"].startswith("paged-")]
+    assert [r["name"] for r in found] == [f"paged-{i:03d}" for i in range(205)]
+    assert [r["git_revision"] for r in found] == [f"rev{i}" for i in range(205)]
+
+
+def test_dirty_is_the_tree_the_run_found_not_the_runs_own_writes(request, tmp_path):
+    """A committed dvc.lock that the run itself rewrites leaves the run clean; an uncommitted
+    edit before the run marks it dirty."""
+    request.getfixturevalue("prefect_session")
+    from flows.pipeline import pipeline_flow
+
+    project = make_tiny_project(tmp_path / "tiny")
+    run(["dvc", "repro"], project)
+    git_commit_all(project, "built")
+    set_param(project, "train", "lr", 0.5)
+    git_commit_all(project, "lr 0.5")
+
+    def dirty() -> bool:
+        state = pipeline_flow(repo=str(project), return_state=True)
+        [record] = runs.list_runs(root=project, ids=[state.state_details.flow_run_id])["runs"]
+        return record["dirty"]
+
+    assert dirty() is False
+    assert "dvc.lock" in run(["git", "status", "--porcelain"], project).stdout  # rewritten
+    git_commit_all(project, "rebuilt")
+    set_param(project, "train", "lr", 0.25)  # not committed
+    assert dirty() is True

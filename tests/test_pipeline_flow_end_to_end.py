@@ -127,9 +127,10 @@ def test_changed_train_param_reruns_train_and_evaluate_only(pipeline, project):
     _, _, artifacts = flow_run_records(latest_flow_run_id())
     table = json.loads(artifacts["omniglot-metrics"].data)
     assert {row["metric"] for row in table} >= {"valid/5-way/accuracy", "lake/20-way/accuracy"}
-    markdown = artifacts["omniglot-provenance"].data
-    assert json.loads((project / paths.DATASET).read_text())["fingerprint"] in markdown
-    assert "reports/evaluate/report.md" in markdown
+    [provenance] = json.loads(artifacts["omniglot-provenance"].data)
+    assert provenance["fingerprint"] == json.loads((project / paths.DATASET).read_text())[
+        "fingerprint"]
+    assert provenance["metrics"] == "reports/metrics.json"
     git_commit_all(project, "lr 0.001, built")
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from siamese.errors import PipelineError
-from tests.conftest import REPO
+from tests import REPO
 from tools import readme
 
 

@@ -18,7 +18,7 @@ from siamese.errors import PipelineError
 from siamese.images import load_pixels
 from siamese.model import HEADS, build_model, load_model, save_checkpoint
 from tasks import evaluate
-from tests.conftest import REPO
+from tests import REPO
 from tests.test_evaluate_credit import make_data
 from tests.test_evaluate_credit import params as evaluate_params
 from tests.training import train_project

@@ -16,7 +16,7 @@ from siamese.scoring import credit, table_scores, trial_scores
 from tasks import evaluate
 from tasks.split import split_images
 from tasks.trials import build_trials, vinyals_trials
-from tests.conftest import REPO
+from tests import REPO
 
 VINYALS_TRIALS = 30  # per (n-way, k-shot): enough to check, fast to draw
 

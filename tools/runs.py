@@ -1,31 +1,25 @@
 """`siamese lineage --runs [--since DATE]`: the pipeline's flow runs that a Prefect server holds.
 
 The server at PREFECT_API_URL, else the local one (its database under PREFECT_HOME). Each run
-is read from the artifacts it left (flows/pipeline.py): `omniglot-provenance` (data set
-fingerprint, params digest, git revision and whether the tree was dirty, each stage's
-outcome) and `omniglot-metrics` (the headline metrics). A run whose fingerprint is not
-params.yaml's index.expected_fingerprint is flagged. Reads only.
+is read from the table artifacts it left (flows/report.py): `omniglot-provenance` (data set
+fingerprint, params digest, git revision and whether the tree was dirty when the run
+started), `omniglot-stages` (each stage's outcome) and `omniglot-metrics` (the headline
+metrics); every page of runs and artifacts, past the server's 200 rows a read. A run whose
+fingerprint is not params.yaml's index.expected_fingerprint is flagged. Reads only.
 """
 
-import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from flows import report
 from siamese import paths
 from siamese.errors import PipelineError
 from tools.lineage import emit
 
 HEADLINE = ("evaluation/20-way/accuracy", "lake/20-way/accuracy", "valid/20-way/accuracy",
             "verification/accuracy")
-FIELDS = {
-    "fingerprint": re.compile(r"^- data set fingerprint: `([^`]*)`", re.M),
-    "params_digest": re.compile(r"^- params digest[^:]*: `([^`]*)`", re.M),
-    "git_revision": re.compile(r"^- git revision: `([^`]*)`", re.M),
-}
-STAGE_ROW = re.compile(r"^\| (?!stage \|)(?P<stage>[^|]+?) \| (?P<outcome>[^|-][^|]*?) \| "
-                       r"(?P<seconds>[^|]*?) \|$", re.M)
+PROVENANCE_FIELDS = ("fingerprint", "params_digest", "git_revision", "dirty")
 
 
 def parse_since(text: str | None) -> datetime | None:
@@ -39,19 +33,18 @@ def parse_since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def provenance(markdown: str | None) -> dict[str, Any]:
-    """The fields of an `omniglot-provenance` artifact (None where a run left none)."""
-    text = markdown or ""
-    found = {key: (m.group(1) if (m := pattern.search(text)) else None)
-             for key, pattern in FIELDS.items()}
-    found["dirty"] = "(tracked files changed since)" in text if markdown else None
-    found["stages"] = {m["stage"]: m["outcome"] for m in STAGE_ROW.finditer(text)}
+def provenance(artifacts: dict[str, Any]) -> dict[str, Any]:
+    """The provenance and stage outcomes a run left (None and {} where it left none)."""
+    rows = report.table(artifacts.get(report.PROVENANCE_KEY))
+    found = {key: rows[0].get(key) if rows else None for key in PROVENANCE_FIELDS}
+    found["stages"] = {str(r.get("stage")): r.get("outcome")
+                       for r in report.table(artifacts.get(report.STAGES_KEY))}
     return found
 
 
-def headline(table: str | None) -> dict[str, Any]:
-    rows = json.loads(table) if table else []
-    values = {r["metric"]: r["value"] for r in rows if isinstance(r, dict) and "metric" in r}
+def headline(artifacts: dict[str, Any]) -> dict[str, Any]:
+    values = {r["metric"]: r.get("value")
+              for r in report.table(artifacts.get(report.METRICS_KEY)) if "metric" in r}
     return {name: values[name] for name in HEADLINE if name in values}
 
 
@@ -61,8 +54,8 @@ def run_record(flow_run: Any, artifacts: dict[str, Any], expected: str | None) -
         "deployment": str(flow_run.deployment_id) if flow_run.deployment_id else None,
         "start": flow_run.start_time.isoformat() if flow_run.start_time else None,
         "state": flow_run.state_name,
-        **provenance(getattr(artifacts.get("omniglot-provenance"), "data", None)),
-        "metrics": headline(getattr(artifacts.get("omniglot-metrics"), "data", None)),
+        **provenance(artifacts),
+        "metrics": headline(artifacts),
     }
     record["unexpected_fingerprint"] = (None if expected is None
                                         else record["fingerprint"] != expected)
@@ -71,33 +64,12 @@ def run_record(flow_run: Any, artifacts: dict[str, Any], expected: str | None) -
 
 def read_runs(since: datetime | None, ids: list[Any] | None = None
               ) -> list[tuple[Any, dict[str, Any]]]:
-    """(flow run, {artifact key: artifact}) for the pipeline's runs (started since `since`,
-    with one of `ids`), oldest first."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterId,
-        FlowRunFilterStartTime,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort
-
+    """(flow run, {artifact key: artifact}) for the pipeline's runs, oldest first."""
     from flows.pipeline import FLOW_NAME
     from flows.server import check_api
 
     check_api()
-    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since) if since else None,
-                         id=FlowRunFilterId(any_=ids) if ids else None)
-    with get_client(sync_client=True) as client:
-        found = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                      flow_run_filter=when, sort=FlowRunSort.START_TIME_ASC)
-        ids = FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in found]))
-        artifacts = client.read_artifacts(flow_run_filter=ids) if found else []
-    by_run: dict[Any, dict[str, Any]] = {}
-    for artifact in artifacts:
-        by_run.setdefault(artifact.flow_run_id, {})[artifact.key] = artifact
-    return [(r, by_run.get(r.id, {})) for r in found]
+    return report.read_runs(FLOW_NAME, since, ids)
 
 
 def run_revision(run_id: str) -> str:
@@ -121,10 +93,12 @@ def expected_fingerprint(root: Path) -> str | None:
         else None
 
 
-def list_runs(since: str | None = None, root: Path | None = None) -> dict[str, Any]:
-    """The pipeline's flow runs (since `since`), each with what its artifacts say."""
+def list_runs(since: str | None = None, root: Path | None = None,
+              ids: list[Any] | None = None) -> dict[str, Any]:
+    """The pipeline's flow runs (since `since`, with one of `ids`), each with what its
+    artifacts say."""
     expected = expected_fingerprint((root or Path.cwd()).resolve())
-    runs = [run_record(r, a, expected) for r, a in read_runs(parse_since(since))]
+    runs = [run_record(r, a, expected) for r, a in read_runs(parse_since(since), ids)]
     return {"expected_fingerprint": expected, "since": since, "runs": runs}
 
 
