@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
@@ -23,6 +24,8 @@ from flows import remote
 from flows.dvcstages import dvc, pipeline_stages, read_pipeline, run_logged, stage_outcome
 from flows.report import publish_artifacts
 from flows.server import check_api, schedule_server
+from siamese import paths
+from siamese.config import check_params
 from siamese.errors import PipelineError
 from siamese.provenance import git_revision
 
@@ -83,11 +86,23 @@ def push_task(root: str) -> int:
     return remote.push(root)
 
 
+def check_project_params(root: Path) -> None:
+    """For the project's own pipeline (stages that run `siamese`): every parameter checked
+    before DVC touches anything, since DVC removes a stage's outputs before running it."""
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # DVC itself says what is wrong with dvc.yaml
+    if any(str(stage.get("cmd", "")).startswith("siamese ") for stage in stages.values()):
+        check_params(root / paths.PARAMS)
+
+
 @flow(name=FLOW_NAME, log_prints=True)
 def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> list[dict[str, Any]]:
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure), then push if `push`."""
     root = Path(repo).resolve()
+    check_project_params(root)
     found = git_revision(root)  # the tree as this run found it, before its stages write
     results: list[dict[str, Any]] = []
     try:
@@ -131,6 +146,7 @@ def run_pipeline(force: bool = False, repo: Path | str = ".",
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
         raise PipelineError(f"{root / 'dvc.yaml'}: not found; run from the repository root")
+    check_project_params(root)  # before a Prefect server starts, too
     check_api()
     start = time.monotonic()
     state = pipeline_flow(repo=str(root), force=force, push=push, return_state=True)

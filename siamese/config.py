@@ -134,6 +134,15 @@ def refuse_unknown(params: dict[str, Any], sec: dict[str, Any], name: str,
                                 f"{nearest(key, known, name + '.')}")
 
 
+def check_params(path: Path | str = paths.PARAMS) -> None:
+    """Every section of params.yaml read and checked as its stage will read it, so that a
+    typo stops a run before DVC touches anything (DVC removes a stage's outputs before it
+    runs the stage's command, and that is where the stage would find the typo)."""
+    params = load_params(path)
+    for config in Section.__subclasses__():
+        config.parse(params)
+
+
 # ---------------------------------------------------------------- field checks
 
 

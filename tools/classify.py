@@ -66,6 +66,10 @@ def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[P
         raise PipelineError("classify: the support set is empty; give one image per class")
     if not query:
         raise PipelineError("classify: no query images given")
+    for path in [*support, *query]:
+        if path.exists() and not path.is_file():
+            raise PipelineError(f"{path}: not a regular file (a folder, FIFO or device), so not "
+                                "an image")
     device = resolve_device(device, "siamese classify --device")
     model, meta = load_model(model_path, device)
     size = int(meta["image_size"])
