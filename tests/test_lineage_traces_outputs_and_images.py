@@ -83,7 +83,8 @@ def test_image_lineage_gives_its_file_role_pairs_and_trials(synthetic_data_root,
     assert rec["role"] in {"train", "valid", "holdout", "test"}
     first = trials.iloc[0]
     assert {"trial_set": first["trial_set"], "n_way": int(first["n_way"]),
-            "trial_id": int(first["trial_id"]), "as": "query"} in rec["trials"]
+            "k_shot": int(first["k_shot"]), "trial_id": int(first["trial_id"]),
+            "as": "query"} in rec["trials"]
     pairs = pd.read_parquet(synthetic_data_root / paths.PAIRS)
     train_pairs = pairs[pairs["role"] == "train"]
     some = int(train_pairs["left_id"].iloc[0])

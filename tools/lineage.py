@@ -163,7 +163,8 @@ def read_table(root: Path, path: Path, columns: list[str] | None = None):
 
 
 def data_summary(root: Path) -> dict[str, Any]:
-    """The data set, the images per role and the trials per (set, n_way), as built now."""
+    """The data set, the images per role and the trials per (set, n-way, k-shot), as built
+    now."""
     summary: dict[str, Any] = {"dataset": None, "sources": None, "images_by_role": None,
                                "trials": None}
     for key, path in (("dataset", paths.DATASET), ("sources", paths.SOURCES)):
@@ -172,12 +173,18 @@ def data_summary(root: Path) -> dict[str, Any]:
     split = read_table(root, paths.SPLIT, ["role"])
     if split is not None:
         summary["images_by_role"] = {k: int(v) for k, v in split["role"].value_counts().items()}
-    trials = read_table(root, paths.TRIALS, ["trial_set", "n_way"])
+    trials = read_table(root, paths.TRIALS, ["trial_set", "n_way", "k_shot"])
     if trials is not None:
-        counts = trials.groupby(["trial_set", "n_way"]).size()
-        summary["trials"] = [{"trial_set": s, "n_way": int(n), "trials": int(c)}
-                             for (s, n), c in counts.items()]
+        counts = trials.groupby(["trial_set", "n_way", "k_shot"]).size()
+        summary["trials"] = [{"trial_set": s, "n_way": int(n), "k_shot": int(k), "trials": int(c)}
+                             for (s, n, k), c in counts.items()]
     return summary
+
+
+def trial_kind(trial: dict[str, Any]) -> str:
+    """"valid 20-way", or "vinyals 5-way 5-shot" for a trial set with several supports."""
+    k_shot = trial.get("k_shot", 1)
+    return f"{trial['trial_set']} {trial['n_way']}-way" + (f" {k_shot}-shot" if k_shot != 1 else "")
 
 
 def artifact_lineage(root: Path, target: str) -> dict[str, Any]:
@@ -245,7 +252,8 @@ def image_trials(root: Path, image_id: int) -> list[dict[str, Any]] | None:
         as_query = t.query_id == image_id
         if as_query or image_id in t.candidate_ids:
             found.append({"trial_set": t.trial_set, "n_way": int(t.n_way),
-                          "trial_id": int(t.trial_id), "as": "query" if as_query else "candidate"})
+                          "k_shot": int(t.k_shot), "trial_id": int(t.trial_id),
+                          "as": "query" if as_query else "candidate"})
     return found
 
 
@@ -272,7 +280,7 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
     lines.append("images by role: " + (", ".join(f"{k} {v}" for k, v in sorted(roles.items()))
                                        if roles else "no split yet"))
     lines.append("trials:         " + (", ".join(
-        f"{t['trial_set']} {t['n_way']}-way {t['trials']}" for t in rec["trials"])
+        f"{trial_kind(t)} {t['trials']}" for t in rec["trials"])
         if rec["trials"] else "no trials yet"))
     lines.append("stages (upstream first, from dvc.lock):")
     for stage in rec["stages"]:
@@ -297,7 +305,7 @@ def format_image(rec: dict[str, Any]) -> list[str]:
         lines.append("  trials: no trials built yet")
     else:
         lines.append(f"  trials using it: {len(trials)}")
-        lines += [f"    {t['trial_set']} {t['n_way']}-way trial {t['trial_id']} ({t['as']})"
+        lines += [f"    {trial_kind(t)} trial {t['trial_id']} ({t['as']})"
                   for t in trials]
     return lines
 

@@ -25,6 +25,7 @@ from tools.lineage import (
     load_lock,
     producer,
     read_table,
+    trial_kind,
 )
 
 MANIFESTS = (paths.IMAGES, paths.LAKE_RUNS, paths.SPLIT, paths.PAIRS, paths.TRIALS)
@@ -91,7 +92,7 @@ def uses(record: dict[str, Any]) -> dict[str, str]:
     trained = {"train": "trained on it (train role)",
                "valid": "selected on it (valid trials during training), not trained on it"}
     trials = record.get("trials") or []
-    sets = sorted({f"{t['trial_set']} {t['n_way']}-way" for t in trials})
+    sets = sorted({trial_kind(t) for t in trials})
     pairs = (record.get("pairs_by_role") or {}).get("valid", 0)
     scored = ([f"{len(trials)} trials ({', '.join(sets)})"] if trials else []) + \
         ([f"{pairs} verification pairs"] if pairs else [])

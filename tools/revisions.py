@@ -38,10 +38,13 @@ def resolve(root: Path, name: str) -> str:
     if done.returncode == 0:
         return done.stdout.strip()
     refs = git(root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").stdout
-    for line in refs.splitlines():
-        ref, commit = line.rsplit(" ", 1)
-        if ref.rsplit("/", 1)[-1] == name:
-            return commit
+    found = dict(line.rsplit(" ", 1) for line in refs.splitlines()
+                 if line.split(" ", 1)[0].rsplit("/", 1)[-1] == name)
+    if len(set(found.values())) > 1:
+        raise PipelineError(f"{name!r}: DVC experiments of that name under several baselines "
+                            f"({', '.join(sorted(found))}); give the one meant by its ref")
+    if found:
+        return next(iter(found.values()))
     if FLOW_RUN_ID.fullmatch(name):
         from tools.runs import run_revision
 
@@ -167,7 +170,7 @@ def code_changed(root: Path, a: str, b: str) -> list[dict[str, Any]]:
     deps = stage_deps(root, a)
     for dep, names in stage_deps(root, b).items():
         deps[dep] = sorted(set(deps.get(dep, [])) | set(names))
-    files = git(root, "diff", "--name-only", a, b).stdout.split()
+    files = git(root, "diff", "--name-only", "--no-renames", a, b).stdout.split()
     rows = []
     for file in files:
         users = sorted({s for dep, names in deps.items() if covers(dep, file) for s in names})
