@@ -2,11 +2,12 @@
 
 A file is replaced by one rename, so a run killed halfway leaves the previous file or the new
 one, never half of one. A folder cannot be swapped by one rename: the previous one is first
-renamed aside (`.NAME.old-PID.*`), the new one renamed in, then the old one removed; killed
+renamed aside (`.NAME.old-PID-*`), the new one renamed in, then the old one removed; killed
 between the two renames, the previous folder is still whole, under that name beside the target.
 A stage that writes several files replaces each atomically, not all of them at once.
 
-Temporaries carry the writer's process id (`.NAME.tmp-PID.*`): the next write of NAME removes
+Temporaries carry the writer's process id (`.NAME.tmp-PID-*`; no dot after NAME's own, since
+torch.save names its archive's folder after the file name up to its last dot): the next write of NAME removes
 those of processes no longer running, so a killed run leaves nothing behind for long. A disk
 that fills during a write is one line naming the file, the bytes needed and the bytes free,
 and the previous file stays.
@@ -41,7 +42,7 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
-    prefix = f".{target.name}.tmp-{os.getpid()}."
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
@@ -69,7 +70,7 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
 def remove_stale(target: Path) -> None:
     """Remove the temporaries of `target` that processes no longer running left (a folder's
     `.old-` copy only while `target` itself exists: until then it is the only copy)."""
-    own = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)?")
+    own = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(?:(\d+)-)?")
     for path in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         match = own.match(path.name)
         if not match or match[2] and running(int(match[2])) \
@@ -101,7 +102,7 @@ def disk_full(target: Path, error: OSError) -> PipelineError:
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put folder `new` in place of folder `target`, never deleting `target` before."""
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}.", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
     os.replace(target, old / target.name)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)

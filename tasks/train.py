@@ -43,6 +43,7 @@ siamese/trainlog.py.
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,36 @@ def run(params: dict[str, Any], device: str | None = None) -> None:
             dist.destroy_process_group()
 
 
+@dataclass
+class TrainState:
+    """What the loop carries from step to step: the run's parts, and the state saved at every
+    evaluation (progress, best-so-far, history) from which a killed run resumes."""
+
+    cfg: TrainConfig
+    data: Data
+    objective: nn.Module  # the loss around the network; DistributedDataParallel with ranks
+    optimizer: torch.optim.Optimizer
+    generators: tuple[np.random.Generator, torch.Generator]
+    device: torch.device
+    rank: int
+    world: int
+    key: str  # the resume key: params digest and world size
+    average: WeightAverage | None = None  # rank 0's weight average (train.ema)
+    progress: Progress = field(default_factory=Progress)
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    log: TrainLog | None = None  # rank 0's
+
+    @property
+    def net(self) -> SiameseNet:
+        return unwrap(self.objective).net
+
+    @property
+    def judged(self) -> SiameseNet:
+        """The weights validated and kept: the average's, if there is one."""
+        return self.net if self.average is None else self.average.net
+
+
 def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None:
     data = load_data(cfg, device)
     torch.manual_seed(cfg.seed)
@@ -95,71 +126,70 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
     # The average is rank 0's alone: it validates and saves, and its batch-norm statistics
     # are the ones DistributedDataParallel hands every rank.
     average = WeightAverage(net, cfg.ema) if cfg.ema and rank == 0 else None
-    rng, gen = seeds(cfg.seed, rank)
-    key = resume_key(cfg.digest, world)
-    progress, best, history = Progress(), {}, []
-    state = load_last(LAST, key)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_states(state["rng"][rank], rng, gen)
-        if average is not None:
-            average.net.load_state_dict(state["ema"])
-        progress, best, history = Progress(**state["progress"]), state["best"], state["history"]
-        say(f"resuming from {LAST} at step {progress.step} of {cfg.steps}")
+    state = TrainState(cfg, data, objective, optimizer, seeds(cfg.seed, rank), device, rank,
+                       world, resume_key(cfg.digest, world), average)
+    resume(state)
     if world > 1:
-        objective = nn.parallel.DistributedDataParallel(
+        state.objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    log = TrainLog(history) if rank == 0 else None
-    loop(cfg, data, objective, optimizer, (rng, gen), progress, best, history, log,
-         (key, device, rank, world, average))
+    state.log = TrainLog(state.history) if rank == 0 else None
+    loop(state)
     if rank == 0:
-        if best:  # model.pt is written here only: the best weights, head calibrated
-            model = best_model(net, best)
+        if state.best:  # model.pt is written here only: the best weights, head calibrated
+            model = best_model(net, state.best)
             calibrate_head(model, data, device)
-            save_checkpoint(paths.MODEL, model, {**best, "cpu_paths": cpu.record(cfg.cpu_paths)})
-        log.close()
+            save_checkpoint(paths.MODEL, model,
+                            {**state.best, "cpu_paths": cpu.record(cfg.cpu_paths)})
+        state.log.close()
 
 
-def train_step(cfg: TrainConfig, data: Data, objective: nn.Module,
-               optimizer: torch.optim.Optimizer,
-               generators: tuple, device: torch.device, step: int,
-               average: WeightAverage | None = None) -> tuple[torch.Tensor, int]:
+def resume(state: TrainState) -> None:
+    """Continue from models/checkpoints/last.pt if it is this run's (same key)."""
+    saved = load_last(LAST, state.key)
+    if saved is None:
+        return
+    state.net.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    set_rng_states(saved["rng"][state.rank], *state.generators)
+    if state.average is not None:
+        state.average.net.load_state_dict(saved["ema"])
+    state.progress = Progress(**saved["progress"])
+    state.best, state.history = saved["best"], saved["history"]
+    say(f"resuming from {LAST} at step {state.progress.step} of {state.cfg.steps}")
+
+
+def train_step(state: TrainState, step: int) -> tuple[torch.Tensor, int]:
     """One optimiser step, the weight average following; (loss on the device, images)."""
+    cfg, optimizer = state.cfg, state.optimizer
     lr = lr_at(cfg, step)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    x, side = next_batch(cfg, data, *generators, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss = objective(x, side)
+    x, side = next_batch(cfg, state.data, *state.generators, state.device)
+    with torch.autocast(state.device.type, dtype=torch.bfloat16,
+                        enabled=state.device.type == "cuda"):
+        loss = state.objective(x, side)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    if average is not None:
-        average.update(unwrap(objective).net)
+    if state.average is not None:
+        state.average.update(state.net)
     return loss.detach(), len(x)
 
 
-def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
-         optimizer: torch.optim.Optimizer,
-         generators: tuple, progress: Progress, best: dict, history: list,
-         log: TrainLog | None, ctx: tuple) -> None:
+def loop(state: TrainState) -> None:
     from tqdm import tqdm
 
-    key, device, rank, world, average = ctx
-    net = unwrap(objective).net
-    judged = net if average is None else average.net  # the weights validated and kept
+    cfg, progress = state.cfg, state.progress
     log_every = max(1, cfg.eval_every // LOG_POINTS)
     unit, per_item = ("images/s", 1) if cfg.objective == "episodes" else ("pairs/s", 2)
     started = since = time.monotonic()
     losses: list[torch.Tensor] = []
     items = 0
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=rank != 0, desc="train",
+    bar = tqdm(total=cfg.steps, initial=progress.step, disable=state.rank != 0, desc="train",
                unit="step", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
-    net.train()
+    state.net.train()
     for step in range(progress.step + 1, cfg.steps + 1):
-        loss, batch = train_step(cfg, data, objective, optimizer, generators, device, step,
-                                 average)
+        loss, batch = train_step(state, step)
         losses.append(loss)
         items += batch
         bar.update(1)
@@ -168,28 +198,26 @@ def loop(cfg: TrainConfig, data: Data, objective: nn.Module,
             # The one wait for the device between evaluations: the losses since the last log.
             mean = float(np.mean(torch.stack(losses).double().cpu().numpy()))
             now = time.monotonic()
-            rate = items * world / per_item / max(now - since, 1e-9)
+            rate = items * state.world / per_item / max(now - since, 1e-9)
             bar.set_postfix_str(f"loss {mean:.3f}, {rate:,.0f} {unit}", False)
             entry = {"step": step, "loss": mean, "lr": lr_at(cfg, step)}
             losses, items, since = [], 0, now
-        out_of_time = time_is_up(cfg, started, world, device, bool(entry))
+        out_of_time = time_is_up(cfg, started, state.world, state.device, bool(entry))
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             entry = {"step": step, **entry}
-            stop = evaluate(judged, data, device, rank, step, progress, best, entry,
-                            cfg.patience, cfg.digest)
+            stop = evaluate(state, step, entry)
             progress.step = step
             progress.finished = stop or out_of_time or step == cfg.steps
-            history.append(entry)
-            checkpoint_state(key, objective, optimizer, progress, generators, best, history,
-                             log, rank, world, average)
+            state.history.append(entry)
+            checkpoint_state(state)
             if progress.finished:
                 say(f"stopping at step {step}: "
                     + ("out of time" if out_of_time else "no improvement" if stop else "done"))
                 break
         elif entry:
-            history.append(entry)
-            if log:
-                log.log(entry)
+            state.history.append(entry)
+            if state.log:
+                state.log.log(entry)
     bar.close()
 
 
@@ -209,26 +237,28 @@ def time_is_up(cfg: TrainConfig, started: float, world: int, device: torch.devic
     return bool(flag.item())
 
 
-def evaluate(net: SiameseNet, data: Data, device: torch.device, rank: int, step: int,
-             progress: Progress, best: dict, entry: dict, patience: int, digest: str) -> bool:
+def evaluate(state: TrainState, step: int, entry: dict) -> bool:
     """Validate (rank 0), keep the best model; True when patience has run out (all ranks)."""
+    progress = state.progress
     result = [0.0]
-    if rank == 0:
-        result = [valid_accuracy(net, data, device)]
+    if state.rank == 0:
+        result = [valid_accuracy(state.judged, state.data, state.device)]
     if dist.is_initialized():
         dist.broadcast_object_list(result, src=0)
     accuracy = result[0]
     entry["valid_accuracy"] = accuracy
     if accuracy > progress.best_accuracy:
         progress.best_accuracy, progress.best_step, progress.stale = accuracy, step, 0
-        best.clear()
-        best.update(step=step, valid_accuracy=accuracy, params_digest=digest,
-                    state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        state.best.clear()
+        state.best.update(
+            step=step, valid_accuracy=accuracy, params_digest=state.cfg.digest,
+            state_dict={k: v.detach().cpu().clone()
+                        for k, v in state.judged.state_dict().items()})
     else:
         progress.stale += 1
     entry["best_valid_accuracy"] = progress.best_accuracy
     entry["best_step"] = progress.best_step
-    return 0 < patience <= progress.stale
+    return 0 < state.cfg.patience <= progress.stale
 
 
 def valid_accuracy(net: SiameseNet, data: Data, device: torch.device) -> float:
@@ -272,15 +302,13 @@ def calibrate_head(model: SiameseNet, data: Data, device: torch.device) -> None:
         f"{len(same):,} train pairs verified right at P(same) = 0.5")
 
 
-def checkpoint_state(key: str, objective: nn.Module, optimizer, progress: Progress,
-                     generators: tuple, best: dict, history: list, log: TrainLog | None,
-                     rank: int, world: int, average: WeightAverage | None) -> None:
-    states = [rng_states(*generators)]
-    if world > 1:
-        states = [None] * world
-        dist.all_gather_object(states, rng_states(*generators))
-    if rank == 0:
-        save_last(LAST, key, objective, optimizer, progress, states, best, history,
-                  None if average is None else average.net)
-        log.log(history[-1])
-        draw_curves(history)
+def checkpoint_state(state: TrainState) -> None:
+    states = [rng_states(*state.generators)]
+    if state.world > 1:
+        states = [None] * state.world
+        dist.all_gather_object(states, rng_states(*state.generators))
+    if state.rank == 0:
+        save_last(LAST, state.key, state.objective, state.optimizer, state.progress, states,
+                  state.best, state.history, None if state.average is None else state.average.net)
+        state.log.log(state.history[-1])
+        draw_curves(state.history)

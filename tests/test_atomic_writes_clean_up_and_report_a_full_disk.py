@@ -22,12 +22,12 @@ def dead_pid() -> int:
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "images.parquet"
     dead = dead_pid()
-    left = [tmp_path / f".images.parquet.tmp-{dead}.x1y2", tmp_path / ".images.parquet.tmp-ab_c9"]
+    left = [tmp_path / f".images.parquet.tmp-{dead}-x1y2", tmp_path / ".images.parquet.tmp-ab_c9"]
     for path in left:
         path.write_bytes(b"half a file")
-    alive = tmp_path / f".images.parquet.tmp-{os.getppid()}.z"  # a writer still running
+    alive = tmp_path / f".images.parquet.tmp-{os.getppid()}-z"  # a writer still running
     alive.write_bytes(b"being written")
-    other = tmp_path / f".split.parquet.tmp-{dead}.q"  # another file's: its own next write
+    other = tmp_path / f".split.parquet.tmp-{dead}-q"  # another file's: its own next write
     other.write_bytes(b"")
     write_text("new", target)
     assert target.read_text() == "new"
@@ -37,7 +37,7 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
 
 def test_a_folders_copy_set_aside_is_kept_until_the_folder_is_back(tmp_path):
     target = tmp_path / "pictures"
-    aside = tmp_path / f".pictures.old-{dead_pid()}.k"
+    aside = tmp_path / f".pictures.old-{dead_pid()}-k"
     (aside / "pictures").mkdir(parents=True)
     (aside / "pictures/a.png").write_bytes(b"the only copy")
     with atomic_path(tmp_path / "other.txt") as tmp:  # another target: not touched
@@ -72,3 +72,14 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_previous_file_stays(tmp
     assert "bytes free on its file system" in message
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["pixels.npy"]
+
+
+def test_a_checkpoint_written_by_two_processes_is_the_same_bytes(tmp_path):
+    """torch.save names its archive's folder after the file name up to its last dot: the
+    temporary's pid must not reach the bytes of model.pt."""
+    write = ("import sys, torch; from siamese.atomic import atomic_path\n"
+             "with atomic_path(sys.argv[1]) as tmp: torch.save({'w': torch.arange(4.0)}, tmp)\n")
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, "-c", write, str(tmp_path / run / "model.pt")],
+                       check=True)
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
