@@ -109,7 +109,9 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
         action = "dvc pull" + (" and push" if push else "")
         with_remote = remote.configured(root, action) is not None
         if with_remote:
-            pull_task(str(root))
+            pull_task(str(root))  # it removes the cache's partial objects first
+        else:
+            remote.remove_partial_objects(root)
         stages, changed = read_pipeline(root, force)
         for stage in stages:
             # Once a stage has run, DVC itself judges the stages after it.

@@ -196,10 +196,33 @@ def fetch(repo: Any, remote: Remote) -> None:
                             "permission); nothing was checked out, rerun when it answers") from None
 
 
+def remove_partial_objects(root: Path) -> int:
+    """Remove the partial objects (`.*.tmp`) that a DVC write stopped by a full disk or a kill
+    left in the project's own cache, under DVC's lock, so no DVC command of this project is
+    writing them; how many. They take the space a retry needs, and DVC never removes them. A
+    cache outside the project (`cache.dir`, shared with others) is left alone."""
+    cache = (root / ".dvc" / "cache").resolve()
+    if not cache.is_dir():
+        return 0
+    with locked_repo(root) as repo:
+        if not Path(repo.cache.local.path).resolve().is_relative_to(cache):
+            return 0
+        partial = [p for p in cache.rglob(".*.tmp") if p.is_file()]
+        size = sum(p.stat().st_size for p in partial)
+        for path in partial:
+            path.unlink(missing_ok=True)
+    if partial:
+        print(f"dvc cache: removed {len(partial)} partial objects ({size:,} bytes) that an "
+              f"interrupted write left in {cache}")
+    return len(partial)
+
+
 def pull(root: Path | str = ".") -> list[str]:
     """`siamese pull`: restore every output of dvc.lock that the default remote holds, and the
-    run cache; return the outputs it lacks (their stages rebuild them). No remote: nothing."""
+    run cache; return the outputs it lacks (their stages rebuild them). No remote: nothing.
+    First, the partial objects of an interrupted write leave the cache."""
     root = Path(root).resolve()
+    remove_partial_objects(root)
     remote = configured(root, "dvc pull")
     if remote is None:
         return []
