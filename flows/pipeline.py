@@ -21,6 +21,7 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import remote
+from flows import verify as verification
 from flows.dvcstages import dvc, pipeline_stages, read_pipeline, run_logged, stage_outcome
 from flows.report import publish_artifacts
 from flows.server import check_api, schedule_server
@@ -112,6 +113,8 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
             pull_task(str(root))  # it removes the cache's partial objects first
         else:
             remote.remove_partial_objects(root)
+        # Re-hash the outputs; repair each corrupt copy, or remove it for its stage to rebuild.
+        print(verification.summary(*verification.verify(root)))
         stages, changed = read_pipeline(root, force)
         for stage in stages:
             # Once a stage has run, DVC itself judges the stages after it.

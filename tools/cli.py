@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--push", action="store_true",
                      help="at the end, push the outputs and run cache to the default DVC remote")
     commands.add_parser("pull", help="restore the outputs of dvc.lock from the default DVC remote")
+    verify = commands.add_parser("verify", help="re-hash every output of dvc.lock in the "
+                                 "workspace and DVC's cache; repair each corrupt copy")
+    verify.add_argument("--remote", action="store_true",
+                        help="the default DVC remote's copies too")
     commands.add_parser("push", help="push the outputs and run cache to the default DVC remote")
 
     serve = commands.add_parser("serve", help="serve the pipeline flow on a Prefect schedule")
@@ -148,6 +152,10 @@ def dispatch(args: argparse.Namespace) -> None:
         run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
     elif args.command == "lineage":
         lineage(args)
+    elif args.command == "verify":
+        from flows.verify import run
+
+        run(with_remote=args.remote)
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
