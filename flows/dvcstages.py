@@ -5,10 +5,13 @@ DVC alone decides whether a stage is up to date (dvc.lock is the one lock file, 
 the one cache), so the flow and `dvc repro` skip what the other built.
 """
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,17 +99,48 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
+# Run a command that dies with this process (Linux: PR_SET_PDEATHSIG, kept across exec), so
+# that kill -9 of the flow leaves no `dvc repro` behind; the stage commands do the same.
+WITH_PARENT = ("import os, sys; from siamese.processes import die_with_parent; "
+               "die_with_parent(); os.execvp(sys.argv[1], sys.argv[1:])")
+RUNNING: set[int] = set()  # the process groups of the stage commands running now
+
+
 def stream_command(args: list[str], cwd: Path) -> Iterator[str]:
-    """Run `args` in `cwd`, yield its output (stdout and stderr) line by line; the
-    generator's return value is the exit status."""
+    """Run `args` in `cwd` in a process group of its own, yield its output (stdout and
+    stderr) line by line; the generator's return value is the exit status."""
     with subprocess.Popen(
-        args, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, errors="replace",
+        [sys.executable, "-c", WITH_PARENT, *args], cwd=cwd, env=dvc_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        errors="replace", start_new_session=True,
     ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            yield line.rstrip("\n")
-        return proc.wait()
+        RUNNING.add(proc.pid)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                yield line.rstrip("\n")
+            return proc.wait()
+        finally:
+            RUNNING.discard(proc.pid)
+
+
+def stop_running(signum: int, _frame: Any) -> None:
+    """SIGTERM or SIGINT: pass it to the running stage commands' process groups, then end this
+    process (SystemExit or KeyboardInterrupt, so that `finally` and atexit run: a temporary
+    Prefect server stops with it)."""
+    for group in list(RUNNING):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def forward_signals() -> None:
+    """From now on (main thread only), SIGTERM and SIGINT stop the running stage at once."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop_running)
 
 
 def run_logged(args: list[str], cwd: Path, logger: Any) -> tuple[int, list[str]]:

@@ -22,7 +22,14 @@ from prefect.tasks import exponential_backoff
 
 from flows import remote
 from flows import verify as verification
-from flows.dvcstages import dvc, pipeline_stages, read_pipeline, run_logged, stage_outcome
+from flows.dvcstages import (
+    dvc,
+    forward_signals,
+    pipeline_stages,
+    read_pipeline,
+    run_logged,
+    stage_outcome,
+)
 from flows.report import publish_artifacts
 from flows.server import check_api, schedule_server
 from siamese import paths
@@ -103,6 +110,7 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure), then push if `push`."""
     root = Path(repo).resolve()
+    forward_signals()  # SIGTERM / Ctrl-C stop the running stage's process group at once
     check_project_params(root)
     found = git_revision(root)  # the tree as this run found it, before its stages write
     results: list[dict[str, Any]] = []

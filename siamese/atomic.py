@@ -6,11 +6,11 @@ renamed aside (`.NAME.old-PID-*`), the new one renamed in, then the old one remo
 between the two renames, the previous folder is still whole, under that name beside the target.
 A stage that writes several files replaces each atomically, not all of them at once.
 
-Temporaries carry the writer's process id (`.NAME.tmp-PID-*`; no dot after NAME's own, since
-torch.save names its archive's folder after the file name up to its last dot): the next write of NAME removes
-those of processes no longer running, so a killed run leaves nothing behind for long. A disk
-that fills during a write is one line naming the file, the bytes needed and the bytes free,
-and the previous file stays.
+Temporaries carry the writer's process id (`.NAME.tmp-PID-*`; no dot after NAME's own,
+since torch.save names its archive's folder after the file name up to its last dot): the next
+write of NAME removes those of processes no longer running, so a killed run leaves nothing
+behind for long. A disk that fills during a write is one line naming the file, the bytes needed
+and the bytes free, and the previous file stays.
 """
 
 import errno

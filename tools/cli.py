@@ -227,6 +227,10 @@ def lineage(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in STAGES:  # a stage's own process, not a caller's
+        from siamese.processes import die_with_parent
+
+        die_with_parent()  # first thing: kill -9 of `dvc repro` leaves no stage running
     try:
         dispatch(args)
     except PipelineError as e:

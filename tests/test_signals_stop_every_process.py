@@ -1,0 +1,129 @@
+"""Stopping is prompt and complete: kill -9 of `dvc repro` takes its stage with it, and SIGTERM
+to `siamese run` stops the running stage and the temporary Prefect server at once.
+
+The stage is a real `siamese fetch` from a server that accepts the connection and never
+answers, so it would wait a minute on its own."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import REPO
+
+pytestmark = pytest.mark.slow  # a Prefect server starts for `siamese run` (~20 s)
+
+BIN = Path(sys.executable).parent
+
+
+def children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    tree, found, todo = children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def hanging_fetch(tmp_path):
+    """A DVC project whose one stage is `siamese fetch` from a server that never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    params = (REPO / "params.yaml").read_text()
+    start = params.index("  source: ")
+    end = params.index("\n", start)
+    (tmp_path / "params.yaml").write_text(params[:start] + f"  source: {url}" + params[end:])
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  fetch:\n    cmd: siamese fetch\n    params: [fetch]\n    outs: [data/raw]\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMNIGLOT_SOURCE", "PREFECT_API_URL")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(tmp_path / ".prefect"),
+               DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(args, cwd=tmp_path, env=env, check=True)
+    yield tmp_path, env
+    server.close()
+
+
+def fetch_under(pid: int) -> int | None:
+    return next((p for p in descendants(pid) if "siamese fetch" in cmdline(p)), None)
+
+
+def test_kill_9_of_dvc_repro_takes_the_stage_with_it(hanging_fetch):
+    root, env = hanging_fetch
+    dvc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=root, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        assert wait_for(lambda: fetch_under(dvc.pid), 60), "the stage never started"
+        stage = fetch_under(dvc.pid)
+        dvc.kill()
+        dvc.wait()
+        assert wait_for(lambda: not alive(stage), 10), f"{cmdline(stage)} outlived dvc repro"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dvc.pid, signal.SIGKILL)
+
+
+def test_sigterm_to_siamese_run_stops_the_stage_and_the_prefect_server(hanging_fetch):
+    root, env = hanging_fetch
+    run = subprocess.Popen([str(BIN / "siamese"), "run"], cwd=root, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        assert wait_for(lambda: fetch_under(run.pid), 180), "the stage never started"
+        everything = descendants(run.pid)
+        assert any("uvicorn" in cmdline(p) or "prefect" in cmdline(p) for p in everything)
+        started = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+        assert time.monotonic() - started < 20, output
+        assert run.returncode != 0
+        assert wait_for(lambda: not any(alive(p) for p in everything), 10), [
+            cmdline(p) for p in everything if alive(p)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
