@@ -106,22 +106,33 @@ WITH_PARENT = ("import os, sys; from siamese.processes import die_with_parent; "
 RUNNING: set[int] = set()  # the process groups of the stage commands running now
 
 
-def stream_command(args: list[str], cwd: Path) -> Iterator[str]:
+def stream_command(args: list[str], cwd: Path, timeout_s: float = 0) -> Iterator[str]:
     """Run `args` in `cwd` in a process group of its own, yield its output (stdout and
-    stderr) line by line; the generator's return value is the exit status."""
+    stderr) line by line; the generator's return value is the exit status, or None when
+    `timeout_s` (> 0) ran out first and the group was killed."""
     with subprocess.Popen(
         [sys.executable, "-c", WITH_PARENT, *args], cwd=cwd, env=dvc_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         errors="replace", start_new_session=True,
     ) as proc:
         RUNNING.add(proc.pid)
+        timer = threading.Timer(timeout_s, kill_group, (proc.pid,))
+        if timeout_s > 0:
+            timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 yield line.rstrip("\n")
-            return proc.wait()
+            status = proc.wait()
+            return None if timeout_s > 0 and not timer.is_alive() else status
         finally:
+            timer.cancel()
             RUNNING.discard(proc.pid)
+
+
+def kill_group(group: int, signum: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
 
 
 def stop_running(signum: int, _frame: Any) -> None:
@@ -129,8 +140,7 @@ def stop_running(signum: int, _frame: Any) -> None:
     process (SystemExit or KeyboardInterrupt, so that `finally` and atexit run: a temporary
     Prefect server stops with it)."""
     for group in list(RUNNING):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
+        kill_group(group, signal.SIGTERM)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
@@ -143,10 +153,12 @@ def forward_signals() -> None:
             signal.signal(signum, stop_running)
 
 
-def run_logged(args: list[str], cwd: Path, logger: Any) -> tuple[int, list[str]]:
-    """Run `args`, logging each output line; return the exit status and all the lines."""
+def run_logged(args: list[str], cwd: Path, logger: Any,
+               timeout_s: float = 0) -> tuple[int | None, list[str]]:
+    """Run `args`, logging each output line; return the exit status (None: timed out) and all
+    the lines."""
     lines: list[str] = []
-    output = stream_command(args, cwd)
+    output = stream_command(args, cwd, timeout_s)
     while True:
         try:
             line = next(output)

@@ -8,9 +8,12 @@ to date, with nothing upstream of it run since, ends its task at once, and every
 runs `dvc repro --single-item <stage>` in a process of its own, whose output is the task's log.
 """
 
+import json
+import os
 import signal
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from flows.dvcstages import (
     run_logged,
     stage_outcome,
 )
-from flows.report import publish_artifacts
+from flows.report import publish_artifacts, publish_failure
 from flows.server import check_api, schedule_server
 from siamese import paths
 from siamese.config import check_params
@@ -44,14 +47,15 @@ TAIL_LINES = 40
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, root: str, force: bool = False,
-              up_to_date: bool = False) -> dict[str, Any] | State:
+def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = False,
+              timeout_s: float = 0) -> dict[str, Any] | State:
     """Reproduce one stage with `dvc repro --single-item`; its output is this task's log.
 
     `up_to_date`: the flow's `dvc status` found nothing changed here, so no process starts.
     A failed stage ends the task in a Failed state whose message holds the last lines of the
     output (retried where RETRIES says so): the failure is the stage's, not a Python error,
-    so no traceback."""
+    so no traceback. `timeout_s` > 0: the stage's processes are killed when it runs out, and
+    the task fails saying so."""
     logger = get_run_logger()
     if up_to_date:
         logger.info(f"Stage '{stage}' didn't change (dvc status), skipping")
@@ -60,8 +64,12 @@ def run_stage(stage: str, root: str, force: bool = False,
     if force:
         args.append("--force")
     start = time.monotonic()
-    status, lines = run_logged(args, Path(root), logger)
+    status, lines = run_logged(args, Path(root), logger, timeout_s)
     seconds = round(time.monotonic() - start, 2)
+    if status is None:
+        return Failed(message=(
+            f"stage '{stage}' timed out after {timeout_s:g} s (the flow's stage_timeout_s) and "
+            f"was killed; earlier stages' outputs are intact"))
     if status != 0:
         tail = "\n".join(lines[-TAIL_LINES:])
         return Failed(message=(
@@ -105,10 +113,30 @@ def check_project_params(root: Path) -> None:
         check_params(root / paths.PARAMS)
 
 
-@flow(name=FLOW_NAME, log_prints=True)
-def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> list[dict[str, Any]]:
+def notify_failure(_flow: Any, flow_run: Any, state: State) -> None:
+    """A failed or crashed run POSTs its name, id, state and message as JSON to the webhook of
+    the run's `notify_url` parameter, else of SIAMESE_NOTIFY_URL (none: nothing is sent)."""
+    url = flow_run.parameters.get("notify_url") or os.environ.get("SIAMESE_NOTIFY_URL")
+    if not url:
+        return
+    body = json.dumps({"flow_run": flow_run.name, "id": str(flow_run.id), "state": state.name,
+                       "message": state.message}).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except OSError as e:
+        print(f"notify_url {url}: the failure was not sent: {e}")
+
+
+@flow(name=FLOW_NAME, log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
+                  stage_timeout_s: float = 0, notify_url: str = "") -> list[dict[str, Any]]:
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
-    first (stop at the first failure), then push if `push`."""
+    first (stop at the first failure, recorded as the artifact `omniglot-failure`), then push
+    if `push`. `stage_timeout_s` > 0 bounds each stage; a failed run is sent to `notify_url`
+    (or SIAMESE_NOTIFY_URL), a webhook."""
     root = Path(repo).resolve()
     forward_signals()  # SIGTERM / Ctrl-C stop the running stage's process group at once
     check_project_params(root)
@@ -129,8 +157,9 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False) -> l
             known_fresh = changed is not None and stage not in changed and all(
                 r["outcome"] == "up to date" for r in results)
             state = stage_task(stage)(stage, str(root), force, up_to_date=known_fresh,
-                                      return_state=True)
+                                      timeout_s=stage_timeout_s, return_state=True)
             if state.is_failed():
+                publish_failure(state.message or f"stage '{stage}' failed")
                 return Failed(message=state.message)  # the later stages do not run
             results.append(state.result())
         if push and with_remote:
@@ -153,8 +182,8 @@ def summary(results: list[dict[str, Any]], seconds: float) -> str:
     return "\n".join(lines)
 
 
-def run_pipeline(force: bool = False, repo: Path | str = ".",
-                 push: bool = False) -> list[dict[str, Any]]:
+def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False,
+                 stage_timeout_s: float = 0) -> list[dict[str, Any]]:
     """`siamese run`: run the flow, print a per-stage summary, return the stage results."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
@@ -162,7 +191,8 @@ def run_pipeline(force: bool = False, repo: Path | str = ".",
     check_project_params(root)  # before a Prefect server starts, too
     check_api()
     start = time.monotonic()
-    state = pipeline_flow(repo=str(root), force=force, push=push, return_state=True)
+    state = pipeline_flow(repo=str(root), force=force, push=push,
+                          stage_timeout_s=stage_timeout_s, return_state=True)
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, PipelineError):

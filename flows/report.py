@@ -22,6 +22,7 @@ METRICS_KEY = "omniglot-metrics"
 PROVENANCE_KEY = "omniglot-provenance"
 STAGES_KEY = "omniglot-stages"
 CHANGES_KEY = "omniglot-changes"
+FAILURE_KEY = "omniglot-failure"
 PAGE = 200  # rows per read: the Prefect server's own cap
 RUNS_PER_READ = 50  # flow runs whose artifacts are read at once (a few each)
 
@@ -153,3 +154,11 @@ def publish_artifacts(root: Path, results: list[dict[str, Any]], found: tuple[st
             changes_since(root, previous, found[0]), key=CHANGES_KEY,
             description="siamese lineage --diff from the previous completed run to this one",
         )
+
+
+def publish_failure(message: str) -> None:
+    """Why the run failed, as the artifact `omniglot-failure`."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(f"# The run failed\n\n```\n{message}\n```\n", key=FAILURE_KEY,
+                             description="the failing stage and its last lines")

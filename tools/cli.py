@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline as a Prefect flow (one task per stage)")
     run.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
+    run.add_argument("--stage-timeout", type=float, default=0, metavar="SECONDS",
+                     help="kill a stage that runs longer, and fail the run saying so (0: none)")
     run.add_argument("--push", action="store_true",
                      help="at the end, push the outputs and run cache to the default DVC remote")
     commands.add_parser("pull", help="restore the outputs of dvc.lock from the default DVC remote")
@@ -159,7 +161,7 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
-        run_pipeline(force=args.force, push=args.push)
+        run_pipeline(force=args.force, push=args.push, stage_timeout_s=args.stage_timeout)
     elif args.command in ("pull", "push"):
         from flows import remote
 
