@@ -33,6 +33,7 @@ from flows.dvcstages import (
     run_logged,
     stage_outcome,
 )
+from flows.guard import checkout_slot
 from flows.report import publish_artifacts, publish_failure
 from flows.server import check_api, schedule_server
 from siamese import paths
@@ -140,6 +141,13 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
     root = Path(repo).resolve()
     forward_signals()  # SIGTERM / Ctrl-C stop the running stage's process group at once
     check_project_params(root)
+    with checkout_slot(root):  # one run at a time in this checkout: a second one waits here
+        return run_in_order(root, force, push, stage_timeout_s)
+
+
+def run_in_order(root: Path, force: bool, push: bool,
+                 stage_timeout_s: float) -> list[dict[str, Any]] | State:
+    """The flow's body: pull, verify, each stage in DVC's order, push; the artifacts always."""
     found = git_revision(root)  # the tree as this run found it, before its stages write
     results: list[dict[str, Any]] = []
     try:

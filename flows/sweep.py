@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.dvcstages import dvc, dvc_env, run_logged
+from flows.guard import checkout_slot
 from flows.report import flatten
 from flows.server import check_api
 from siamese.atomic import write_text
@@ -197,9 +198,10 @@ def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".",
     root = Path(repo).resolve()
     now = time.time()  # to the millisecond: names of experiments must be new
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
-    points = queue_grid(sweep_id, grid, str(root))
-    run_queue(jobs, str(root))
-    rows = comparison(points, experiments(root, [name for name, _ in points]))
+    with checkout_slot(root):  # not beside a pipeline run in this checkout: it waits
+        points = queue_grid(sweep_id, grid, str(root))
+        run_queue(jobs, str(root))
+        rows = comparison(points, experiments(root, [name for name, _ in points]))
     rows = ranked_table(rows, show_test)
     order = f"ranked by {ranking_metric(rows) or 'nothing (no holdout accuracy)'}, best first"
     hidden = "" if show_test else f"; {' and '.join(TEST_SETS)} columns hidden (--show-test)"
