@@ -117,9 +117,24 @@ def open_remote(repo: Any, remote: Remote, write: bool = False) -> Any:
         check_folder(Path(store.path), remote, write)
     elif store.fs.protocol in ("http", "https"):
         probe_http(remote)
-    elif not exists and not write:
-        print(f"{remote}: empty (nothing pushed yet)")
+    elif not exists:
+        check_bucket(store, remote)
+        if not write:
+            print(f"{remote}: empty (nothing pushed yet)")
     return store.odb
+
+
+def check_bucket(store: Any, remote: Remote) -> None:
+    """An object store's folder that does not exist yet is normal; its bucket must."""
+    bucket = store.path.split("/", 1)[0]
+    try:
+        found = store.fs.exists(bucket)
+    except Exception as e:  # noqa: BLE001 - any fault of the remote's file system
+        found, reason = False, str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    else:
+        reason = "it does not exist (create it, or fix the remote's url)"
+    if not found:
+        raise PipelineError(f"{remote}: bucket '{bucket}': {reason}")
 
 
 def probe_http(remote: Remote) -> None:
