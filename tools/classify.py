@@ -70,10 +70,17 @@ def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[P
         if path.exists() and not path.is_file():
             raise PipelineError(f"{path}: not a regular file (a folder, FIFO or device), so not "
                                 "an image")
-    device = resolve_device(device, "siamese classify --device")
-    model, meta = load_model(model_path, device)
-    size = int(meta["image_size"])
-    logits = classify(model, read_images(support, size), read_images(query, size), device)
+    if Path(model_path).suffix == ".onnx":  # `siamese export`'s graph, run by onnxruntime
+        from tools.export import OnnxScorer
+
+        scorer = OnnxScorer(model_path)
+        size = scorer.image_size
+        logits = scorer.logits(read_images(support, size), read_images(query, size))
+    else:
+        device = resolve_device(device, "siamese classify --device")
+        model, meta = load_model(model_path, device)
+        size = int(meta["image_size"])
+        logits = classify(model, read_images(support, size), read_images(query, size), device)
     table = rank_table(support, query, logits)
     table.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     return table

@@ -38,12 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--device", help="override train.device (cpu, cuda, cuda:1, ...)")
 
     classify = commands.add_parser("classify", help="classify your own character images")
-    classify.add_argument("--model", type=Path, default=paths.MODEL, help="trained checkpoint")
+    classify.add_argument("--model", type=Path, default=paths.MODEL,
+                          help="trained checkpoint, or its ONNX export (.onnx)")
     classify.add_argument(
         "--support", type=Path, nargs="+", required=True, help="one image per class"
     )
     classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
     classify.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+    export = commands.add_parser("export", help="the trained network as ONNX, to score "
+                                 "without PyTorch (the onnx extra)")
+    export.add_argument("--model", type=Path, default=paths.MODEL, help="trained checkpoint")
+    export.add_argument("--out", type=Path, default=Path("models/model.onnx"),
+                        help="where the ONNX model goes")
 
     lineage = commands.add_parser("lineage", help="audit where a metric, model or image came "
                                   "from, what changed between revisions, the flow runs")
@@ -152,6 +159,10 @@ def dispatch(args: argparse.Namespace) -> None:
         from tools.classify import run
 
         run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
+    elif args.command == "export":
+        from tools.export import run
+
+        run(args.model, args.out)
     elif args.command == "lineage":
         lineage(args)
     elif args.command == "verify":
