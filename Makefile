@@ -1,7 +1,7 @@
 # `make pipeline`: set up, restore what the default DVC remote holds (none: skipped), then
 # run the whole pipeline (dvc repro) on real Omniglot.
 # `make test`: set up and run the checks and the test suite (what CI runs).
-# `make check`: the quick tier: ruff, the import layers and the tests not marked slow.
+# `make check`: the quick tier: ruff, the import layers, mypy and the tests not marked slow.
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
@@ -35,6 +35,7 @@ pipeline: setup
 lint: setup
 	ruff check .
 	lint-imports --no-cache
+	mypy
 
 test: lint
 	pytest -q

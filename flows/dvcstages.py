@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,8 @@ WITH_PARENT = ("import os, sys; from siamese.processes import die_with_parent; "
 RUNNING: set[int] = set()  # the process groups of the stage commands running now
 
 
-def stream_command(args: list[str], cwd: Path, timeout_s: float = 0) -> Iterator[str]:
+def stream_command(args: list[str], cwd: Path,
+                   timeout_s: float = 0) -> Generator[str, None, int | None]:
     """Run `args` in `cwd` in a process group of its own, yield its output (stdout and
     stderr) line by line; the generator's return value is the exit status, or None when
     `timeout_s` (> 0) ran out first and the group was killed."""

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -131,9 +131,10 @@ def notify_failure(_flow: Any, flow_run: Any, state: State) -> None:
         print(f"notify_url {url}: the failure was not sent: {e}")
 
 
-@flow(name=FLOW_NAME, log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+@flow(name=FLOW_NAME, log_prints=True, on_failure=[notify_failure],  # type: ignore[list-item]
+      on_crashed=[notify_failure])  # type: ignore[list-item]
 def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
-                  stage_timeout_s: float = 0, notify_url: str = "") -> list[dict[str, Any]]:
+                  stage_timeout_s: float = 0, notify_url: str = "") -> list[dict[str, Any]] | State:
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure, recorded as the artifact `omniglot-failure`), then push
     if `push`. `stage_timeout_s` > 0 bounds each stage; a failed run is sent to `notify_url`
@@ -206,7 +207,7 @@ def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False
         if isinstance(error, PipelineError):
             raise error
         raise PipelineError(state.message or f"flow run failed: {error}")
-    results = state.result()
+    results = cast(list[dict[str, Any]], state.result())  # completed: the stages' results
     print(summary(results, time.monotonic() - start))
     return results
 
@@ -227,7 +228,7 @@ def serve_pipeline(cron: str | None = None, interval: float | None = None,
         raise PipelineError("serve: give exactly one of --cron or --interval")
     if cron is not None:
         check_cron(cron)
-    elif interval <= 0:
+    elif interval is None or interval <= 0:
         raise PipelineError(f"serve: --interval must be a positive number of seconds: {interval}")
     pipeline_stages(root)  # a broken dvc.yaml fails now, not at the first scheduled run
     # SIGTERM ends this process through `finally` (Prefect's runner takes it over once serving).

@@ -72,7 +72,8 @@ def read_runs(flow_name: str, since: datetime | None = None, ids: list[Any] | No
     )
     from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 
-    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since) if since else None,
+    when = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)  # type: ignore[arg-type]
+                         if since else None,
                          id=FlowRunFilterId(any_=ids) if ids else None)
     flows = FlowFilter(name=FlowFilterName(any_=[flow_name]))
     with get_client(sync_client=True) as client:

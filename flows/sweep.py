@@ -109,7 +109,7 @@ def run_queue(jobs: int, root: str) -> int:
     """Run the queued experiments, `jobs` at a time, and wait for them (their logs stream)."""
     status, _ = run_logged(dvc("exp", "run", "--run-all", "-j", str(jobs)), Path(root),
                            get_run_logger())
-    return status
+    return -1 if status is None else status  # None: a timeout, and run_logged has none here
 
 
 def experiments(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -150,7 +150,7 @@ def comparison(points: list[tuple[str, list[str]]],
         row.update(dict(o.split("=", 1) for o in overrides))
         if exp:
             row["rev"] = exp["rev"][:7]
-            row.update(metric_columns((exp.get("data") or {}).get("metrics")))
+            row.update(metric_columns((exp.get("data") or {}).get("metrics") or {}))
         rows.append(row)
     return rows
 

@@ -27,7 +27,8 @@ def draw_pair(record: dict[str, Any], packed: np.ndarray) -> bytes:
     panels = [np.where(m[..., None], 0, panel) for m in (a, b)] + [overlay]
     gap = np.full((a.shape[0], 8, 3), 255, dtype=np.uint8)
     row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
-    strip = Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2), Image.NEAREST)
+    strip = Image.fromarray(row).resize((row.shape[1] * 2, row.shape[0] * 2),
+                                        Image.Resampling.NEAREST)
     canvas = Image.new("RGB", (max(strip.width, 560), strip.height + 64), "white")
     canvas.paste(strip, (0, 64))
     draw = ImageDraw.Draw(canvas)

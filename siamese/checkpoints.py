@@ -9,7 +9,7 @@ code (every library module training runs, CODE).
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -68,7 +68,8 @@ def save_last(path: Path, key: str, objective: nn.Module, optimizer: torch.optim
               average: nn.Module | None = None) -> None:
     state = {
         "resume_key": key, "progress": asdict(progress), "rng": states, "history": history,
-        "model": on_cpu(unwrap(objective).net), "optimizer": optimizer.state_dict(),
+        "model": on_cpu(cast(nn.Module, unwrap(objective).net)),
+        "optimizer": optimizer.state_dict(),
         "best": best, "ema": None if average is None else on_cpu(average),
     }
     with atomic_path(path) as tmp:
@@ -86,10 +87,13 @@ def load_last(path: Path, key: str) -> dict[str, Any] | None:
     try:
         state = read_checkpoint(path)
     except PipelineError as e:
-        return say(f"{e}; starting fresh")
+        say(f"{e}; starting fresh")
+        return None
     if state.get("resume_key") != key:
-        return say(f"{path}: saved by a run with other params, data, code or process count; "
-                   "starting fresh")
+        say(f"{path}: saved by a run with other params, data, code or process count; "
+            "starting fresh")
+        return None
     if state["progress"]["finished"]:
-        return say(f"{path}: that run had finished; starting fresh")
+        say(f"{path}: that run had finished; starting fresh")
+        return None
     return state

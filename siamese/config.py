@@ -61,7 +61,7 @@ def typed(value: Any, name: str, kind: type) -> Any:
         raise PipelineError(f"params.yaml: {name} must be a number, got {value!r}")
     if not isinstance(value, (int, float) if kind is float else kind):
         raise PipelineError(f"params.yaml: {name} has the wrong type: {value!r}")
-    return float(value) if kind is float else value
+    return float(value) if kind is float else value  # type: ignore[arg-type]  # checked above
 
 
 def check_range(value: float, name: str, lo: float | None, hi: float | None) -> None:

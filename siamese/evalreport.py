@@ -20,7 +20,10 @@ def way_key(n_way: int, k_shot: int) -> str:
 
 def parse_way_key(key: str) -> tuple[int, int]:
     """(n, k) of a `way_key`."""
-    n, k = WAY_KEY.fullmatch(key).groups()
+    match = WAY_KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"not a way key: {key!r}")
+    n, k = match.groups()
     return int(n), int(k or 1)
 
 

@@ -115,9 +115,10 @@ def read_gray(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            with Image.open(path) as img:
-                fit_within_limits(img, path)
-                img.load()
+            with Image.open(path) as opened:
+                fit_within_limits(opened, path)
+                opened.load()
+                img: Image.Image = opened
                 if "A" in img.getbands() or "transparency" in img.info:
                     # Transparent pixels often hold black: lay the image on white paper first.
                     rgba = img if img.mode == "RGBA" else img.convert("RGBA")

@@ -48,7 +48,7 @@ class KochHead(nn.Linear):
     def __init__(self, dim: int):
         super().__init__(dim, 1)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(torch.abs(a - b)).squeeze(-1)
 
 

@@ -94,7 +94,8 @@ class WeightAverage:
     def update(self, net: nn.Module) -> None:
         pairs = zip([*self.net.parameters(), *self.net.buffers()],
                     [*net.parameters(), *net.buffers()], strict=True)
-        floats, others = [], []
+        floats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        others: list[tuple[torch.Tensor, torch.Tensor]] = []
         for average, current in pairs:
             (floats if average.is_floating_point() else others).append((average, current))
         if floats:

@@ -20,7 +20,7 @@ from siamese.errors import PipelineError
 from siamese.images import TURNS, rotate
 
 
-def keys(ids: np.ndarray, turns: np.ndarray) -> np.ndarray:
+def keys(ids: np.ndarray, turns: np.ndarray | int) -> np.ndarray:
     """The key of each (image_id, quarter turns): one embedding per key."""
     return np.asarray(ids, dtype=np.int64) * TURNS + np.asarray(turns, dtype=np.int64)
 

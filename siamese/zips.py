@@ -57,7 +57,7 @@ def check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
     """Name, layout and size limits of one entry, from the zip's directory (nothing inflated)."""
     member = safe_member(info.filename, zip_path).as_posix() + ("/" if info.is_dir() else "")
     if zip_path.name == RUNS_ZIP:
-        ok, expected = RUN_ENTRY.match(member), "runNN/..."
+        ok, expected = RUN_ENTRY.match(member) is not None, "runNN/..."
     else:
         top = zip_path.name.removesuffix(".zip") + "/"
         ok, expected = member.startswith(top), top + "..."

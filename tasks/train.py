@@ -44,7 +44,7 @@ siamese/trainlog.py.
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -108,19 +108,19 @@ class TrainState:
 
     @property
     def net(self) -> SiameseNet:
-        return unwrap(self.objective).net
+        return cast(SiameseNet, unwrap(self.objective).net)
 
     @property
     def judged(self) -> SiameseNet:
         """The weights validated and kept: the average's, if there is one."""
-        return self.net if self.average is None else self.average.net
+        return self.net if self.average is None else cast(SiameseNet, self.average.net)
 
 
 def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None:
     data = load_data(cfg, device)
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
-    net = net.to(device, memory_format=torch.channels_last)
+    net = net.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     objective: nn.Module = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
     optimizer = make_optimizer(cfg, net)
     # The average is rank 0's alone: it validates and saves, and its batch-norm statistics
@@ -140,7 +140,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None
             calibrate_head(model, data, device)
             save_checkpoint(paths.MODEL, model,
                             {**state.best, "cpu_paths": cpu.record(cfg.cpu_paths)})
-        state.log.close()
+        if state.log:
+            state.log.close()
 
 
 def resume(state: TrainState) -> None:
@@ -296,19 +297,20 @@ def calibrate_head(model: SiameseNet, data: Data, device: torch.device) -> None:
     edges = np.concatenate([[sorted_logits[0] - 1], sorted_logits, [sorted_logits[-1] + 1]])
     threshold = (edges[i] + edges[i + 1]) / 2
     with torch.no_grad():
-        model.head.bias -= float(threshold)
+        cast(Any, model.head).bias -= float(threshold)
     model.cpu()
     say(f"head bias shifted by {-threshold:+.3f}: {correct[i] / len(same):.1%} of "
         f"{len(same):,} train pairs verified right at P(same) = 0.5")
 
 
 def checkpoint_state(state: TrainState) -> None:
-    states = [rng_states(*state.generators)]
+    states: list[Any] = [rng_states(*state.generators)]
     if state.world > 1:
         states = [None] * state.world
         dist.all_gather_object(states, rng_states(*state.generators))
     if state.rank == 0:
         save_last(LAST, state.key, state.objective, state.optimizer, state.progress, states,
                   state.best, state.history, None if state.average is None else state.average.net)
-        state.log.log(state.history[-1])
+        if state.log:
+            state.log.log(state.history[-1])
         draw_curves(state.history)

@@ -60,13 +60,13 @@ def rank_table(support: Sequence[Path], query: Sequence[Path], logits: np.ndarra
 def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[Path | str],
         device: str = "auto", out: TextIO = sys.stdout) -> pd.DataFrame:
     """Classify `query` against `support` with the checkpoint; write a CSV table to `out`."""
-    support = [Path(p) for p in support]
-    query = [Path(p) for p in query]
-    if not support:
+    supports = [Path(p) for p in support]
+    queries = [Path(p) for p in query]
+    if not supports:
         raise PipelineError("classify: the support set is empty; give one image per class")
-    if not query:
+    if not queries:
         raise PipelineError("classify: no query images given")
-    for path in [*support, *query]:
+    for path in [*supports, *queries]:
         if path.exists() and not path.is_file():
             raise PipelineError(f"{path}: not a regular file (a folder, FIFO or device), so not "
                                 "an image")
@@ -75,12 +75,12 @@ def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[P
 
         scorer = OnnxScorer(model_path)
         size = scorer.image_size
-        logits = scorer.logits(read_images(support, size), read_images(query, size))
+        logits = scorer.logits(read_images(supports, size), read_images(queries, size))
     else:
-        device = resolve_device(device, "siamese classify --device")
-        model, meta = load_model(model_path, device)
+        chosen = resolve_device(device, "siamese classify --device")
+        model, meta = load_model(model_path, chosen)
         size = int(meta["image_size"])
-        logits = classify(model, read_images(support, size), read_images(query, size), device)
-    table = rank_table(support, query, logits)
+        logits = classify(model, read_images(supports, size), read_images(queries, size), chosen)
+    table = rank_table(supports, queries, logits)
     table.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     return table

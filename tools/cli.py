@@ -156,19 +156,19 @@ def dispatch(args: argparse.Namespace) -> None:
         else:
             module.run(params)
     elif args.command == "classify":
-        from tools.classify import run
+        from tools.classify import run as classify_images
 
-        run(args.model, args.support, args.query, device=args.device, out=sys.stdout)
+        classify_images(args.model, args.support, args.query, device=args.device, out=sys.stdout)
     elif args.command == "export":
-        from tools.export import run
+        from tools.export import run as export_onnx
 
-        run(args.model, args.out)
+        export_onnx(args.model, args.out)
     elif args.command == "lineage":
         lineage(args)
     elif args.command == "verify":
-        from flows.verify import run
+        from flows.verify import run as verify_outputs
 
-        run(with_remote=args.remote)
+        verify_outputs(with_remote=args.remote)
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
@@ -186,22 +186,22 @@ def dispatch(args: argparse.Namespace) -> None:
 
         run_sweep(args.grid, jobs=args.jobs, show_test=args.show_test)
     elif args.command == "readme":
-        from tools.readme import run
+        from tools.readme import run as write_readme
 
-        run()
+        write_readme()
     elif args.command == "frontier":
-        from tools.frontier import run
+        from tools.frontier import run as write_frontier
 
-        print(run(args.times, args.repo, args.out), end="")
+        print(write_frontier(args.times, args.repo, args.out), end="")
     elif args.command == "bench" and args.determinism:
         from tools.bench.probe import PROBE_STEPS, format_probe, run_probe
 
         result = run_probe(args.steps or PROBE_STEPS, train=overrides(args.train))
         print(json.dumps(result) if args.json else format_probe(result))
     elif args.command == "bench":
-        from tools.bench import run
+        from tools.bench import run as run_bench
 
-        run(quick=args.quick)
+        run_bench(quick=args.quick)
 
 
 def overrides(pairs: list[str]) -> dict[str, object]:
@@ -225,17 +225,18 @@ def lineage(args: argparse.Namespace) -> None:
     if args.reverse and args.target is None or args.since and not args.runs:
         raise PipelineError("lineage: --reverse goes with an image, --since with --runs")
     if args.diff:
-        from tools.revisions import run
-        run(*args.diff, as_json=args.json, out=sys.stdout)
+        from tools.revisions import run as lineage_diff
+        a, b = args.diff
+        lineage_diff(a, b, as_json=args.json, out=sys.stdout)
     elif args.runs:
-        from tools.runs import run
-        run(since=args.since, as_json=args.json, out=sys.stdout)
+        from tools.runs import run as lineage_runs
+        lineage_runs(since=args.since, as_json=args.json, out=sys.stdout)
     elif args.reverse:
-        from tools.reverse import run
-        run(args.target, as_json=args.json, out=sys.stdout)
+        from tools.reverse import run as lineage_reverse
+        lineage_reverse(args.target, as_json=args.json, out=sys.stdout)
     else:
-        from tools.lineage import run
-        run(args.target, as_json=args.json, out=sys.stdout)
+        from tools.lineage import run as lineage_of
+        lineage_of(args.target, as_json=args.json, out=sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

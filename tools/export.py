@@ -75,6 +75,8 @@ def export(model_path: Path | str, out: Path | str) -> Path:
             input_names=["support", "query"], output_names=["logits"],
             dynamic_shapes={"support": {0: supports}, "query": {0: queries}},
         )
+    if program is None:
+        raise PipelineError(f"{model_path}: the ONNX exporter returned no program")
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {
         "image_size": str(size), "arch": model.arch, "head": model.options["head"],

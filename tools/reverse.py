@@ -97,7 +97,7 @@ def uses(record: dict[str, Any]) -> dict[str, str]:
     scored = ([f"{len(trials)} trials ({', '.join(sets)})"] if trials else []) + \
         ([f"{pairs} verification pairs"] if pairs else [])
     return {
-        paths.MODEL.as_posix(): trained.get(role, f"never shown it ({role or 'no'} role)"),
+        paths.MODEL.as_posix(): trained.get(str(role), f"never shown it ({role or 'no'} role)"),
         paths.METRICS.as_posix(): "scores it in " + " and ".join(scored) if scored
         else "does not score it",
     }

@@ -101,6 +101,8 @@ def manifest_at(stages: dict[str, Any], target: Path, label: str, cache: Path) -
     if out is None:
         raise PipelineError(f"{target}: not recorded in {LOCK} at {label}; was it built there?")
     md5 = entry_hash(out)
+    if md5 is None:
+        raise PipelineError(f"{target}: no md5 recorded in {LOCK} at {label}")
     path = cache / md5[:2] / md5[2:]
     if not path.is_file():
         raise PipelineError(f"{target} at {label} (md5 {md5}): not in the DVC cache ({path}); "

@@ -1,7 +1,7 @@
 """The evaluate stage's trial scoring against the seed's tiling (seed.seed_trial_scores)."""
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -24,13 +24,13 @@ class EmbedCounter:
         self.images = 0
 
     def __enter__(self) -> "EmbedCounter":
-        embed = self.net.embed
+        embed = cast(Any, self.net).embed
 
         def counted(x: torch.Tensor) -> torch.Tensor:
             self.images += len(x)
             return embed(x)
 
-        self.net.embed = counted
+        cast(Any, self.net).embed = counted
         return self
 
     def __exit__(self, *exc: object) -> None:

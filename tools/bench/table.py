@@ -24,7 +24,7 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def stage_rows(stages: dict[str, Any]) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     for name, e in stages.items():
         if "skipped" in e:
             rows.append(("data", name, "skipped: " + e["skipped"], "", ""))
@@ -45,7 +45,7 @@ def entries(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def input_rows(i: dict[str, Any]) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     for key, e in entries(i):
         rows += [
             ("input path", f"pairs/s, batch {i['batch']}: project {key} (setup "
@@ -63,10 +63,11 @@ def augment_rows(augment: dict[str, Any]) -> list[Row]:
 
 
 def step_rows(steps: dict[str, Any]) -> list[Row]:
-    rows = [("train step", f"{key}, batch {e['batch']}, {steps['threads']} threads, pairs/s "
-             f"({fmt(e['gflop_per_s'], 'GFLOP/s')})", fmt(e["pairs_per_s"]),
-             fmt(e["seed_pairs_per_s"]), fmt(e["speedup"], "x"))
-            for key, e in entries(steps) if key != "profile"]
+    rows: list[Row] = [
+        ("train step", f"{key}, batch {e['batch']}, {steps['threads']} threads, pairs/s "
+         f"({fmt(e['gflop_per_s'], 'GFLOP/s')})", fmt(e["pairs_per_s"]),
+         fmt(e["seed_pairs_per_s"]), fmt(e["speedup"], "x"))
+        for key, e in entries(steps) if key != "profile"]
     pr = steps["profile"]
     rows.append(("train step", f"the profile's own step: {pr['arch']} at {pr['image_size']}, "
                  f"{pr['objective']}, {pr['images_per_step']} images/step, images/s",
@@ -80,7 +81,7 @@ def cpu_rows(c: dict[str, Any] | None) -> list[Row]:
     if not c:
         return []
     before = c["native, default allocator"]["steps_per_s"]
-    rows = [("cpu settings", f"train.cpu_paths {key}: steps/s (system "
+    rows: list[Row] = [("cpu settings", f"train.cpu_paths {key}: steps/s (system "
              f"{e['system_share']:.0%} of CPU time, {e['step_fraction_of_peak']:.0%} of the "
              f"{e['matmul_peak_gflop_per_s']:.0f} GFLOP/s fp32 peak), weights "
              f"{e['weights_sha256'][:12]}", fmt(e["steps_per_s"]), "",

@@ -6,7 +6,7 @@ that importing the package loads none of it). bench/gpu.py uses pair_flops and s
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def pair_flops(net: torch.nn.Module, size: int) -> float:
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.no_grad():
-            net.embed(torch.zeros(1, 1, size, size))
+            cast(Any, net).embed(torch.zeros(1, 1, size, size))
     finally:
         for h in handles:
             h.remove()
@@ -76,7 +76,7 @@ def step_runner(cfg, data, device: torch.device | None = None, load: Loader | No
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
-    net = net.to(device, memory_format=torch.channels_last).train()
+    net = net.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     objective = (EpisodeLoss if cfg.objective == "episodes" else PairLoss)(net)
     optimizer = make_optimizer(cfg, net)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)

@@ -4,6 +4,7 @@
 seconds ((data, seconds), from trainer.load_train_data); `pngs` is the unpacked PNG folder.
 """
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def bench_augment(params: dict[str, Any], sizes: Sizes, data_by_size: dict) -> d
     out: dict[str, Any] = {"probability": p}
     for size, (data, _) in data_by_size.items():
         x = data.images[: 2 * sizes.batch].contiguous()
-        rate = per_second(sizes.batch, durations(lambda x=x: distort(x, gen, p),
+        rate = per_second(sizes.batch, durations(partial(distort, x, gen, p),
                                                  sizes.augment_batches))
         out[f"pairs_per_s at {size}"] = round(rate, 1)
     return out
