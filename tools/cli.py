@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "table is ranked by holdout accuracy either way")
 
     commands.add_parser("readme", help="rewrite the README's generated blocks (results, "
-                        "frontier) from reports/, dvc.lock and docs/frontier/")
+                        "frontier, seeds, long) from reports/, dvc.lock and docs/")
     frontier = commands.add_parser(
         "frontier", help="holdout accuracy against CPU-minutes of this repository's DVC "
         "experiments: docs/frontier/ (points.csv, holdout.png, table.md)")

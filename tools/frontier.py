@@ -47,7 +47,7 @@ def experiment_rows(repo: Path, times: dict[str, float]) -> list[dict[str, Any]]
     import dvc.api
 
     rows = []
-    for exp in dvc.api.exp_show(repo=str(repo)):
+    for exp in dvc.api.exp_show(repo=str(repo), revs=baselines(repo, set(times)) or None):
         name = exp.get("Experiment")
         if name not in times:
             continue
@@ -58,6 +58,17 @@ def experiment_rows(repo: Path, times: dict[str, float]) -> list[dict[str, Any]]
     if missing:
         raise PipelineError(f"no DVC experiment named {', '.join(missing)} in {repo}")
     return sorted(rows, key=lambda r: (setting(r), r["train.steps"], r["train.seed"]))
+
+
+def baselines(repo: Path, names: set[str]) -> list[str]:
+    """The commits the named experiments were run from (refs/exps/AB/CDEF.../NAME), so that
+    experiments of earlier baselines are read too."""
+    import subprocess
+
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
+                          capture_output=True, text=True).stdout.split()
+    found = {"".join(ref.split("/")[2:4]) for ref in refs if ref.rsplit("/", 1)[-1] in names}
+    return sorted(found)
 
 
 def setting(row: dict[str, Any]) -> str:

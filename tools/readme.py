@@ -1,13 +1,14 @@
 """`siamese readme`: rewrite the README's generated blocks from the runs' own files.
 
 Block `results` is made from reports/metrics.json (accuracies and intervals),
-reports/train/metrics.json (the best step) and dvc.lock (the model's md5 and steps); block
-`frontier` is docs/frontier/table.md, which `siamese frontier` writes from the DVC
-experiments. So no figure a run changes is typed by hand; a test checks that the committed
-README holds exactly what the committed files give.
+reports/train/metrics.json (the best step) and dvc.lock (the model's md5 and steps); blocks
+`frontier`, `seeds` and `long` are the tables that `siamese frontier` writes from the DVC
+experiments (docs/frontier, docs/seeds, docs/long). So no figure a run changes is typed by
+hand; a test checks that the committed README holds exactly what the committed files give.
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,11 @@ from siamese.atomic import write_text
 from siamese.errors import PipelineError
 
 README = Path("README.md")
-FRONTIER = Path("docs/frontier/table.md")
+TABLES = {  # block: the table `siamese frontier --out` wrote
+    "frontier": Path("docs/frontier/table.md"),
+    "seeds": Path("docs/seeds/table.md"),
+    "long": Path("docs/long/table.md"),
+}
 ROWS = (
     ("evaluation", "evaluation: 20 unseen alphabets"),
     ("lake", "Lake's 20 official runs"),
@@ -76,14 +81,17 @@ def results(root: Path) -> str:
     return "\n".join(lines)
 
 
-def frontier(root: Path) -> str:
-    try:
-        return (root / FRONTIER).read_text().strip()
-    except OSError as e:
-        raise PipelineError(f"{root / FRONTIER}: {e.strerror}; run `siamese frontier`") from None
+def table(path: Path) -> Callable[[Path], str]:
+    def read(root: Path) -> str:
+        try:
+            return (root / path).read_text().strip()
+        except OSError as e:
+            raise PipelineError(f"{root / path}: {e.strerror}; run `siamese frontier`") from None
+
+    return read
 
 
-BLOCKS = {"results": results, "frontier": frontier}
+BLOCKS = {"results": results, **{name: table(path) for name, path in TABLES.items()}}
 
 
 def rewrite(text: str, root: Path) -> str:
