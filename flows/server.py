@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from siamese.atomic import running
 from siamese.errors import PipelineError
 
 
@@ -78,12 +79,9 @@ def prefect_cli(root: Path, env: dict[str, str], *args: str) -> subprocess.Compl
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Running, and not a zombie waiting for its parent."""
+    if not running(pid):
         return False
-    except PermissionError:
-        return True
     state = Path(f"/proc/{pid}/stat")
     return not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
