@@ -1,30 +1,14 @@
-import copy
-import hashlib
-import os
+"""The suite's fixtures and hooks; the plain helpers they use live in the helper modules
+(tests/stagekit.py, tests/synthetic.py, tests/flowkit.py), which tests import directly."""
+
 import shutil
-import subprocess
-import sys
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests import REPO
-from tests.synthetic import make_source, write_zip
-
-SHARED_DATA = Path(os.environ.get("OMNIGLOT_SHARED", REPO.parent / "shared" / "data" / "omniglot"))
-DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
-# What the synthetic layout (tests/synthetic.py) can feed: its smallest background alphabet has
-# 4 characters (left out of the 5-way trials), its train images allow a few hundred pairs.
-SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
-    "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
-    "pairs": {"train_count": 200, "valid_count": 100},
-    "trials": {"n_way": [3, 5], "per_alphabet": 4, "holdout_per_alphabet": 4},
-}
-
+from tests.flowkit import prefect_home
+from tests.stagekit import SHARED_DATA, build_data
+from tests.synthetic import SYNTHETIC_PARAMS, make_source
 
 # Fixtures that make a test slow: the real data set (built once per session), a Prefect server.
 SLOW_FIXTURES = {"real_data_root", "prefect_session", "prefect_api"}
@@ -35,100 +19,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-def siamese_command() -> str:
-    """The `siamese` console script of the interpreter running the tests."""
-    beside = Path(sys.executable).parent / "siamese"
-    found = str(beside) if beside.exists() else shutil.which("siamese")
-    if found is None:
-        pytest.fail("the `siamese` command is not installed (pip install -e .)")
-    return found
-
-
-def write_params(root: Path, edits: dict[str, dict[str, Any]] | None = None) -> Path:
-    """root/params.yaml: the project's params.yaml with `edits` merged into its sections."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "params.yaml"
-    if not edits:
-        shutil.copyfile(REPO / "params.yaml", path)
-        return path
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, values in edits.items():
-        params[name] = {**params.get(name, {}), **copy.deepcopy(values)}
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def run_stage(root: Path, stage: str, source: Path | str) -> subprocess.CompletedProcess:
-    """`siamese <stage>` in `root` with OMNIGLOT_SOURCE=source; output captured."""
-    env = {**os.environ, "OMNIGLOT_SOURCE": str(source)}
-    return subprocess.run([siamese_command(), stage], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def run_stages(root: Path, source: Path | str,
-               stages: tuple[str, ...] = DATA_STAGES) -> subprocess.CompletedProcess:
-    """Run `stages` in order in `root`; return the first failure, else the last result."""
-    result = None
-    for stage in stages:
-        result = run_stage(root, stage, source)
-        if result.returncode != 0:
-            break
-    return result
-
-
-def build_data(root: Path, source: Path | str, edits: dict[str, dict[str, Any]] | None) -> Path:
-    """A project folder at `root` with params (edited) and the five data stages run; or fail."""
-    write_params(root, edits)
-    result = run_stages(root, source)
-    if result.returncode != 0:
-        pytest.fail(f"data stages failed in {root}:\n{result.stdout}\n{result.stderr}")
-    return root
-
-
-def mutated_source(folder: Path, source: Path, zip_name: str,
-                   edit: Callable[[dict[str, bytes]], None]) -> Path:
-    """A copy of `source` in `folder` whose `zip_name` entries went through `edit` (in place),
-    with SHA256SUMS rewritten to match, so that only the content is bad."""
-    shutil.copytree(source, folder)
-    with zipfile.ZipFile(folder / zip_name) as zf:
-        entries = {name: zf.read(name) for name in zf.namelist()}
-    edit(entries)
-    write_zip(folder / zip_name, entries)
-    write_sums(folder)
-    return folder
-
-
-def replace_in_raw(root: Path, replacements: dict[str, bytes]) -> None:
-    """Rewrite the zips in root/data/raw with the files at manifest `paths` replaced, as if
-    the source had shipped other bytes for them."""
-    from siamese.zips import locate
-
-    by_zip: dict[str, dict[str, bytes]] = {}
-    for path, data in replacements.items():
-        zip_name, entry = locate(path)
-        by_zip.setdefault(zip_name, {})[entry] = data
-    for zip_name, edits in by_zip.items():
-        zip_path = root / "data" / "raw" / zip_name
-        with zipfile.ZipFile(zip_path) as zf:
-            entries = {name: zf.read(name) for name in zf.namelist()}
-        entries.update(edits)
-        write_zip(zip_path, entries)
-
-
-def write_sums(folder: Path) -> None:
-    """folder/SHA256SUMS for the zips in `folder`."""
-    lines = [f"{hashlib.sha256(z.read_bytes()).hexdigest()}  {z.name}"
-             for z in sorted(folder.glob("*.zip"))]
-    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under root/data, to show that a failed stage changed nothing."""
-    data = root / "data"
-    return {p.relative_to(data).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(data.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +56,38 @@ def synthetic_data_root(tmp_path_factory, synthetic_source) -> Path:
 def synthetic_project(tmp_path, synthetic_data_root) -> Path:
     """A private copy of `synthetic_data_root`, for tests that break its inputs or params."""
     return Path(shutil.copytree(synthetic_data_root, tmp_path / "project", symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def prefect_session():
+    """Prefect in this process (see tests/flowkit.py's prefect_home); at the end of the session,
+    its temporary server stops while pytest still shows logs (at exit Prefect would log to a
+    closed stream). A test or fixture that imports prefect, or code that does, asks for it
+    first, by name or with request.getfixturevalue("prefect_session")."""
+    prefect_home()
+    yield
+    from prefect.logging.handlers import APILogHandler
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogHandler().flush()  # the last logs go to the server before it stops
+    SubprocessASGIServer().stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_session) -> str:
+    """The API URL of the session's temporary Prefect server, started if it is not yet: for
+    `siamese` and `prefect` commands run as subprocesses, which would each start their own
+    (~20 s)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance that in-process clients use
+    server.start()
+    return server.api_url
+
+
+@pytest.fixture(scope="session")
+def server(prefect_api) -> str:
+    """A started Prefect server's API URL: the session's temporary one (prefect_api), which
+    the in-process flows use too, rather than a `prefect server start` of a test module's own
+    (~20 s to start)."""
+    return prefect_api

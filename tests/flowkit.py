@@ -1,17 +1,26 @@
-"""Helpers for the tests of the Prefect flows: an offline Prefect home, real DVC projects.
+"""Helpers for the tests of the Prefect flows: an offline Prefect home, real DVC projects
+(the tiny four-stage one below, or a copy of this project on a tiny profile), the Prefect API
+and environments for `siamese` and `prefect` commands run as subprocesses.
 
 Prefect reads its settings when first imported, so `prefect_home()` sets the environment
-and imports it once per test session: every in-process flow run of the session shares one
-temporary server (its start-up costs ~10 s) whose database lives in a temporary folder.
+and imports it once per test session (the `prefect_session` fixture of tests/conftest.py
+calls it): every in-process flow run of the session shares one temporary server (its
+start-up costs ~10 s) whose database lives in a temporary folder.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
-import pytest
+import yaml
+
+from tests import REPO
+from tests.synthetic import SYNTHETIC_PARAMS
 
 BIN = Path(sys.executable).parent
 OFFLINE = {
@@ -20,6 +29,19 @@ OFFLINE = {
     "DVC_NO_ANALYTICS": "1",
 }
 _HOME: list[Path] = []
+# The tiny profile's training: a few steps on the synthetic data (tiny_params).
+TINY_TRAIN = {"steps": 6, "eval_every": 3, "episode_alphabets": 2, "episode_characters": 4,
+              "threads": 1, "device": "cpu"}
+# `python -c HOLD_LOCK` in a project: holds its DVC lock for 120 s (tests kill it sooner),
+# printing "locked" once it holds it.
+HOLD_LOCK = """
+import sys, time
+from dvc.repo import Repo
+repo = Repo(".")
+repo.lock.lock()
+print("locked", flush=True)
+time.sleep(120)
+"""
 
 # A real DVC pipeline of tiny Python stages, shaped like the project's: fetch (flaky when
 # FLAKY_MARKER names a file not yet there), index, train (fails when train.fail), evaluate.
@@ -102,32 +124,6 @@ def prefect_home() -> Path:
     return _HOME[0]
 
 
-@pytest.fixture(scope="session")
-def prefect_session():
-    """Prefect in this process (see prefect_home); at the end of the session, its temporary
-    server stops while pytest still shows logs (at exit Prefect would log to a closed stream).
-    A module uses it by importing it and calling request.getfixturevalue("prefect_session")."""
-    prefect_home()
-    yield
-    from prefect.logging.handlers import APILogHandler
-    from prefect.server.api.server import SubprocessASGIServer
-
-    APILogHandler().flush()  # the last logs go to the server before it stops
-    SubprocessASGIServer().stop()
-
-
-@pytest.fixture(scope="session")
-def prefect_api(prefect_session) -> str:
-    """The API URL of the session's temporary Prefect server, started if it is not yet: for
-    `siamese` and `prefect` commands run as subprocesses, which would each start their own
-    (~20 s). A module uses it by importing it and prefect_session."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the one instance that in-process clients use
-    server.start()
-    return server.api_url
-
-
 def run(args: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command with the venv's bin first on PATH; output captured as text."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE, **env}
@@ -161,9 +157,29 @@ def make_tiny_project(root: Path) -> Path:
     return root
 
 
-def set_param(root: Path, section: str, key: str, value: object) -> None:
-    import yaml
+def copy_project(dest: Path) -> None:
+    """The project's files as in the working tree (tracked, and new files not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in listed.splitlines():
+        source = REPO / name
+        if name == "dvc.lock" or not source.is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / name)
 
+
+def tiny_params(root: Path, source: Path) -> None:
+    """root/params.yaml on the tiny profile: the synthetic data at `source`, TINY_TRAIN."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for name, values in {**SYNTHETIC_PARAMS, "train": TINY_TRAIN}.items():
+        params[name].update(values)
+    params["fetch"]["source"] = str(source)
+    params["evaluate"]["pictures"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_param(root: Path, section: str, key: str, value: object) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params[section][key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -199,3 +215,22 @@ def latest_flow_run_id():
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)[0].id
+
+
+def api(url: str, path: str, body: dict | None = None):
+    """POST `body` to the Prefect server's API at `url` + `path`; the JSON answer."""
+    request = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body or {}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `siamese` or `prefect` command with its own Prefect home (and no
+    PREFECT_API_URL unless `extra` sets one)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE,
+           "PREFECT_HOME": str(home), **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env | extra

@@ -3,6 +3,7 @@
 `make_source(folder)` writes images_background.zip, images_evaluation.zip, all_runs.zip and
 SHA256SUMS into `folder`, so it can serve as OMNIGLOT_SOURCE / fetch.source. Each character is
 a few random strokes; each drawer shifts and thickens them a little, so images are distinct.
+SYNTHETIC_PARAMS are the params.yaml edits that the default layout can feed.
 """
 
 import hashlib
@@ -10,12 +11,20 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 SIZE = 105
 DRAWERS = 20
+# What the synthetic layout (Layout() below) can feed: its smallest background alphabet has
+# 4 characters (left out of the 5-way trials), its train images allow a few hundred pairs.
+SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
+    "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
+    "pairs": {"train_count": 200, "valid_count": 100},
+    "trials": {"n_way": [3, 5], "per_alphabet": 4, "holdout_per_alphabet": 4},
+}
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,9 @@ from siamese.errors import PipelineError
 from siamese.images import load_pixels
 from siamese.zips import read_files
 from tasks import audit
-from tests.conftest import replace_in_raw, run_stage, snapshot
-from tests.flowkit import (  # noqa: F401
-    REPO,
-    flow_run_records,
-    git_commit_all,
-    init_repo,
-    latest_flow_run_id,
-    prefect_session,
-    run,
-)
+from tests import REPO
+from tests.flowkit import flow_run_records, git_commit_all, init_repo, latest_flow_run_id, run
+from tests.stagekit import replace_in_raw, run_stage, snapshot
 
 # The synthetic generator draws each drawer as the same strokes shifted by a pixel or two, so
 # within an alphabet every role is near-identical to the others by construction: these tests

@@ -16,7 +16,7 @@ import pytest
 from siamese import cpu
 from siamese.errors import PipelineError
 from tests import REPO
-from tests.conftest import build_data
+from tests.stagekit import build_data
 from tests.synthetic import Layout, make_source
 from tools import bench
 

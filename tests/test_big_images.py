@@ -4,6 +4,7 @@
 before decoding it (a JPEG over it is decoded at reduced scale instead); what it accepts is read
 without padding it to a float32 square of its long side, with the same result, bit for bit."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,8 @@ from PIL import Image
 from siamese import images
 from siamese.errors import PipelineError
 from siamese.images import MAX_SIDE, decode_png, read_image_file
+from tests.classifykit import save_model, stroke_image
 from tests.synthetic import blank_png
-from tests.test_classify_inputs import save_model, stroke_image
 from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +64,15 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         (tmp_path / name).write_bytes(data)
         out[name] = (tmp_path / name, "not a readable image")
     (tmp_path / "folder.png").mkdir()
-    out["folder.png"] = (tmp_path / "folder.png", "not a readable image")
+    out["folder.png"] = (tmp_path / "folder.png", "not a regular file (a folder, FIFO or device)")
+    os.mkfifo(tmp_path / "fifo.png")  # read, it would wait for a writer for ever
+    out["fifo.png"] = (tmp_path / "fifo.png", "not a regular file (a folder, FIFO or device)")
     out["absent.png"] = (tmp_path / "absent.png", "file not found")
     return out
 
 
 @pytest.mark.parametrize("name", ["truncated.png", "header-only.png", "empty.png", "text.jpg",
-                                  "garbage.gif", "folder.png", "absent.png"])
+                                  "garbage.gif", "folder.png", "fifo.png", "absent.png"])
 def test_unreadable_image_is_one_line_naming_the_file(tmp_path, capsys, name):
     path, message = broken_files(tmp_path)[name]
     assert message in classify_error(tmp_path, path, capsys)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from siamese import cpu
-from tests.conftest import siamese_command
+from tests.stagekit import siamese_command
 
 # `siamese bench --determinism` on the real data (10 steps): (train overrides, weights sha256,
 # scores sha256). The first is the profile of issue 18 (28x28, no rotations), whose weights an

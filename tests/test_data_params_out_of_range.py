@@ -12,7 +12,8 @@ from siamese.errors import PipelineError
 from tasks.pairs import build_pairs
 from tasks.split import split_images
 from tasks.trials import build_trials
-from tests.conftest import SYNTHETIC_PARAMS, run_stage, snapshot, write_params
+from tests.stagekit import run_stage, snapshot, write_params
+from tests.synthetic import SYNTHETIC_PARAMS
 
 
 def edited(edit: dict[str, dict]) -> dict[str, dict]:

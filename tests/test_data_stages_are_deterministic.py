@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from siamese import paths
-from tests.conftest import build_data
+from tests.stagekit import build_data
 
 ARTIFACTS = (paths.IMAGES, paths.LAKE_RUNS, paths.DATASET, paths.PIXELS, paths.SPLIT,
              paths.PAIRS, paths.TRIALS)

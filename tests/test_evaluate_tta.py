@@ -14,7 +14,7 @@ from siamese.scoring import embed_images
 from tasks import evaluate
 from tasks.evaluate import embedding_table, tta_matrices
 from tests import REPO
-from tests.test_evaluate_credit import make_data, params, save_model
+from tests.evalkit import make_data, params, save_model
 
 IDS = np.array([1, 4, 5, 9, 10])
 KEYS = IDS * TURNS  # the table's keys of these images, unturned

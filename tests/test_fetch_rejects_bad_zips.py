@@ -13,7 +13,7 @@ import pytest
 
 from siamese import paths
 from siamese.zips import ZIPS
-from tests.conftest import mutated_source, run_stage, snapshot, write_params, write_sums
+from tests.stagekit import mutated_source, run_stage, snapshot, write_params, write_sums
 
 
 def assert_fails_cleanly(project: Path, source: Path | str, *expected: str) -> str:

@@ -5,14 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flowkit import (  # noqa: F401
-    flow_run_records,
-    latest_flow_run_id,
-    make_tiny_project,
-    prefect_session,
-    run,
-    set_param,
-)
+from tests.flowkit import flow_run_records, latest_flow_run_id, make_tiny_project, run, set_param
 from tests.flowkit import git_commit_all as commit
 
 pytestmark = pytest.mark.slow  # Prefect flows over DVC stages: not in `make check`

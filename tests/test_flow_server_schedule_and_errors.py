@@ -8,23 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.flowkit import (  # noqa: F401
-    BIN,
-    OFFLINE,
-    REPO,
-    make_tiny_project,
-    prefect_api,
-    prefect_session,
-    run,
-    set_param,
-)
+from tests import REPO
+from tests.flowkit import BIN, OFFLINE, api, cli_env, make_tiny_project, run, set_param
 
 pytestmark = pytest.mark.slow
 COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
@@ -70,15 +61,6 @@ def stop_session(proc: subprocess.Popen, timeout: float) -> list[str]:
     return left
 
 
-def api(url: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(
-        f"{url}{path}", data=json.dumps(body or {}).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,21 +68,6 @@ def wait_for(predicate, timeout: float, what: str):
             return result
         time.sleep(1)
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-
-
-def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **OFFLINE,
-           "PREFECT_HOME": str(home), **extra}
-    env.pop("PREFECT_API_URL", None)
-    return env | extra
-
-
-@pytest.fixture(scope="module")
-def server(prefect_api) -> str:  # noqa: F811
-    """A started Prefect server's API URL: the session's temporary one (tests/flowkit.py),
-    which the in-process flows and tests/test_worker_runs_the_schedule.py use too, rather
-    than a `prefect server start` of this module's own (~20 s to start)."""
-    return prefect_api
 
 
 def test_prefect_toml_sets_the_offline_defaults_an_environment_variable_wins(tmp_path):

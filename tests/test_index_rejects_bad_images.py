@@ -10,7 +10,7 @@ import zipfile
 from PIL import Image
 
 from siamese import paths
-from tests.conftest import mutated_source, run_stage, snapshot, write_params
+from tests.stagekit import mutated_source, run_stage, snapshot, write_params
 from tests.synthetic import blank_png, png_bytes
 
 BACKGROUND = "images_background.zip"

@@ -11,8 +11,9 @@ import pytest
 from siamese import paths
 from siamese.errors import PipelineError
 from siamese.zips import read_files
-from tests.conftest import replace_in_raw
-from tests.flowkit import BIN, REPO, git_commit_all, init_repo, run, set_param
+from tests import REPO
+from tests.flowkit import BIN, git_commit_all, init_repo, run, set_param
+from tests.stagekit import replace_in_raw
 from tools import revisions
 
 STAGES = ("index", "split")

@@ -9,7 +9,8 @@ import yaml
 
 from siamese import paths
 from siamese.errors import PipelineError
-from tests.flowkit import BIN, REPO, run
+from tests import REPO
+from tests.flowkit import BIN, run
 from tools import reverse
 
 DOWNSTREAM = ["index", "split", "audit", "pairs", "trials", "train", "evaluate"]

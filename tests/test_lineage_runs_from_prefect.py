@@ -7,14 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from siamese.provenance import params_digest
-from tests.flowkit import (  # noqa: F401
-    BIN,
-    git_commit_all,
-    make_tiny_project,
-    prefect_session,
-    run,
-    set_param,
-)
+from tests.flowkit import BIN, git_commit_all, make_tiny_project, run, set_param
 from tools import runs
 
 pytestmark = pytest.mark.slow  # Prefect's temporary server and two flow runs: ~35 s

@@ -1,8 +1,9 @@
 """The real pipeline as a Prefect flow, on a tiny profile of this project.
 
 The project's files are copied into a fresh git + DVC repository whose params.yaml fetches
-the synthetic Omniglot (tests/synthetic.py) and trains for a few steps; the stage commands
-run that copy's code (PYTHONPATH). The tests run in file order on one shared project.
+the synthetic Omniglot (tests/synthetic.py) and trains for a few steps (copy_project and
+tiny_params of tests/flowkit.py); the stage commands run that copy's code (PYTHONPATH). The
+tests run in file order on one shared project.
 """
 
 import io
@@ -18,49 +19,27 @@ import yaml
 from PIL import Image
 
 from siamese import paths
-from tests.conftest import SYNTHETIC_PARAMS, write_sums
-from tests.flowkit import (  # noqa: F401
-    REPO,
+from tests import REPO
+from tests.flowkit import (
+    copy_project,
     flow_run_records,
     git_commit_all,
     init_repo,
     latest_flow_run_id,
-    prefect_session,
     run,
+    tiny_params,
 )
+from tests.stagekit import write_sums
 from tools import lineage
 
 pytestmark = pytest.mark.slow
 STAGES = ["fetch", "index", "split", "audit", "pairs", "trials", "train", "evaluate"]
 UPSTREAM_OF_METRICS = [s for s in STAGES if s != "audit"]  # nothing waits for the audit
-TINY_TRAIN = {"steps": 6, "eval_every": 3, "episode_alphabets": 2, "episode_characters": 4,
-              "threads": 1, "device": "cpu"}
 TIMINGS: dict[str, float] = {}
 # DVC experiments keep uncached metrics only if git tracks them (flows.sweep checks this);
 # until the project's .gitignore says so, the copy gets these lines.
 TRACK_METRICS = "!/reports/metrics.json\n!/reports/train/\n/reports/train/*\n" \
     "!/reports/train/metrics.json\n"
-
-
-def copy_project(dest: Path) -> None:
-    """The project's files as in the working tree (tracked, and new files not ignored)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in listed.splitlines():
-        source = REPO / name
-        if name == "dvc.lock" or not source.is_file():
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest / name)
-
-
-def tiny_params(root: Path, source: Path) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for name, values in {**SYNTHETIC_PARAMS, "train": TINY_TRAIN}.items():
-        params[name].update(values)
-    params["fetch"]["source"] = str(source)
-    params["evaluate"]["pictures"] = 1
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flowkit import (  # noqa: F401
-    BIN,
-    OFFLINE,
-    git_commit_all,
-    make_tiny_project,
-    prefect_api,
-    prefect_session,
-    run,
-)
+from tests.flowkit import BIN, HOLD_LOCK, OFFLINE, git_commit_all, make_tiny_project, run
 
 pytestmark = pytest.mark.slow  # DVC remotes and Prefect runs: not in `make check`
 
@@ -85,7 +77,7 @@ def test_without_a_remote_pull_and_push_say_so_and_succeed(tmp_path):
 
 
 @pytest.mark.slow
-def test_siamese_run_pulls_first_and_pushes_with_push(tmp_path, prefect_api):  # noqa: F811
+def test_siamese_run_pulls_first_and_pushes_with_push(tmp_path, prefect_api):
     """On the session's Prefect server: alone, `siamese run` would start a temporary one."""
     project = make_tiny_project(tmp_path / "tiny")
     storage = tmp_path / "storage"
@@ -187,16 +179,6 @@ def test_a_remote_without_permission_fails_naming_it(clone):
     finally:
         storage.chmod(0o755)
     assert done.returncode == 1 and "no permission to read" in done.stderr
-
-
-HOLD_LOCK = """
-import sys, time
-from dvc.repo import Repo
-repo = Repo(".")
-repo.lock.lock()
-print("locked", flush=True)
-time.sleep(120)
-"""
 
 
 def test_a_held_dvc_lock_is_named_and_a_retry_completes(clone):

@@ -6,12 +6,11 @@ import json
 import pytest
 
 from siamese.errors import PipelineError
-from tests.flowkit import (  # noqa: F401
+from tests.flowkit import (
     flow_run_records,
     git_commit_all,
     latest_flow_run_id,
     make_tiny_project,
-    prefect_session,
     run,
 )
 

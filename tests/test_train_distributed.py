@@ -15,8 +15,7 @@ from siamese.distributed import rank_device, setup_distributed, unwrap
 from siamese.errors import PipelineError
 from siamese.model import build_model, load_model
 from siamese.objectives import EpisodeLoss, lr_at, make_optimizer
-from tests.test_train_params_are_checked import params_with
-from tests.training import train_project
+from tests.training import params_with, train_project
 
 pytestmark = pytest.mark.slow  # torchrun and spawned ranks: not in `make check`
 

@@ -19,8 +19,8 @@ from siamese.images import load_pixels
 from siamese.model import HEADS, build_model, load_model, save_checkpoint
 from tasks import evaluate
 from tests import REPO
-from tests.test_evaluate_credit import make_data
-from tests.test_evaluate_credit import params as evaluate_params
+from tests.evalkit import make_data
+from tests.evalkit import params as evaluate_params
 from tests.training import train_project
 
 # One thread: on 2 cores shared with other jobs, torch's thread pool spends more time waiting

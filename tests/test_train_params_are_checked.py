@@ -1,21 +1,12 @@
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 
 from siamese.config import TrainConfig
 from siamese.errors import PipelineError
 from siamese.model import build_model
 from siamese.objectives import make_optimizer
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-
-
-def params_with(**train) -> dict:
-    params = yaml.safe_load(PARAMS.read_text())
-    params["train"].update(train)
-    return params
+from tests.training import params_with
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -7,8 +7,7 @@ from siamese import paths
 from siamese.config import TrainConfig
 from siamese.errors import PipelineError
 from siamese.objectives import WeightAverage
-from tests.test_train_params_are_checked import params_with
-from tests.training import train_project, weights
+from tests.training import params_with, train_project, weights
 
 
 def test_the_average_follows_parameters_and_batch_norm_statistics():

@@ -8,7 +8,7 @@ from siamese import paths
 from siamese.config import load_params
 from tasks.pairs import build_pairs
 from tasks.trials import sample_trials
-from tests.conftest import run_stage
+from tests.stagekit import run_stage
 
 
 def test_small_alphabets_are_left_out_and_named(synthetic_project, synthetic_source):

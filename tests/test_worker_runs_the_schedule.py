@@ -1,9 +1,10 @@
 """A real Prefect worker runs the nightly deployment of prefect.yaml, and its results travel
 through a DVC remote: a Prefect server (the session's), the omniglot work pool, `prefect deploy`,
-`prefect deployment run`, and `prefect worker start` in a second clone of the project (tiny
-profile, tests/test_pipeline_flow_end_to_end.py) that runs the pipeline and pushes to a shared
-local-folder remote; a third fresh clone then pulls and has everything, without training.
-The worker's checkout comes from its own SIAMESE_REPO, read when the run starts."""
+`prefect deployment run`, and `prefect worker start` in a second clone of the project (the
+tiny profile of tests/flowkit.py, as in tests/test_pipeline_flow_end_to_end.py) that runs the
+pipeline and pushes to a shared local-folder remote; a third fresh clone then pulls and has
+everything, without training. The worker's checkout comes from its own SIAMESE_REPO, read
+when the run starts."""
 
 import subprocess
 import sys
@@ -13,17 +14,17 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.flowkit import (  # noqa: F401
+from tests.flowkit import (
     BIN,
+    HOLD_LOCK,
+    api,
+    cli_env,
+    copy_project,
     git_commit_all,
     init_repo,
-    prefect_api,
-    prefect_session,
     run,
+    tiny_params,
 )
-from tests.test_flow_server_schedule_and_errors import api, cli_env, server  # noqa: F401
-from tests.test_pipeline_flow_end_to_end import copy_project, tiny_params
-from tests.test_remote_pull_push import HOLD_LOCK
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect", "--no-prompt"]
@@ -93,7 +94,7 @@ def run_once(checkout: Path, home: Path, url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def machines(server, origin, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
+def machines(server, origin, tmp_path_factory) -> tuple[Path, Path]:
     """Clone #2, the worker's checkout, with the nightly deployment on the server; and the
     folder of the machines' Prefect homes."""
     home = tmp_path_factory.mktemp("machines")
@@ -112,7 +113,7 @@ def character(path: Path, strokes: list[tuple[int, int, int, int]]) -> Path:
 
 
 def test_a_worker_runs_the_nightly_deployment_and_a_third_clone_pulls_its_results(
-    server, origin, machines, tmp_path  # noqa: F811
+    server, origin, machines, tmp_path
 ):
     (_, storage), (second, home) = origin, machines
     flow_run = run_once(second, home, server)
@@ -150,7 +151,7 @@ def test_a_worker_runs_the_nightly_deployment_and_a_third_clone_pulls_its_result
 
 
 def test_a_held_dvc_lock_or_a_dirty_checkout_fails_the_run_saying_why_and_a_retry_completes(
-    server, machines  # noqa: F811
+    server, machines
 ):
     second, home = machines
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK], cwd=second, text=True,

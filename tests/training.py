@@ -1,9 +1,12 @@
-"""Helpers for the training tests: a project folder over a built data folder, and its params."""
+"""Helpers for the training tests: a project folder over a built data folder, and its params;
+the project's params with train edits; a checkpoint's weights."""
 
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests import REPO
 
 
 def train_project(folder: Path, data_root: Path, **train: Any) -> dict[str, Any]:
@@ -14,6 +17,13 @@ def train_project(folder: Path, data_root: Path, **train: Any) -> dict[str, Any]
     params = yaml.safe_load((data_root / "params.yaml").read_text())
     params["train"].update(train)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def params_with(**train) -> dict:
+    """The project's params.yaml, as a dict, with `train` merged into its train section."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(train)
     return params
 
 
