@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import siamese.episodes
 import tasks.train
 from siamese.config import TrainConfig
-from siamese.distributed import rank_device, setup_distributed, unwrap
+from siamese.distributed import rank_device, setup_distributed
 from siamese.errors import PipelineError
 from siamese.model import build_model, load_model
 from siamese.objectives import EpisodeLoss, lr_at, make_optimizer
@@ -88,10 +88,9 @@ def rank_process(rank: int, folders: list[Path], dump: Path, port: int, params: 
         seen["batches"].append((x.clone(), side.clone()))
         return x, side
 
-    def train_step(cfg, data, objective, *args, **kwargs):
-        out = step(cfg, data, objective, *args, **kwargs)
-        net = unwrap(objective).net
-        seen["weights"].append({k: v.detach().clone() for k, v in net.named_parameters()})
+    def train_step(state, *args, **kwargs):
+        out = step(state, *args, **kwargs)
+        seen["weights"].append({k: v.detach().clone() for k, v in state.net.named_parameters()})
         return out
 
     siamese.episodes.sample_episode = sample_episode
