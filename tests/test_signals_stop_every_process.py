@@ -92,8 +92,12 @@ def fetch_under(pid: int) -> int | None:
     return next((p for p in descendants(pid) if "siamese fetch" in cmdline(p)), None)
 
 
-def test_kill_9_of_dvc_repro_takes_the_stage_with_it(hanging_fetch):
+@pytest.mark.parametrize("shell", [None, "/bin/bash"], ids=["no-SHELL-so-sh-c", "bash"])
+def test_kill_9_of_dvc_repro_takes_the_stage_with_it(hanging_fetch, shell):
+    """DVC runs a stage through $SHELL, or /bin/sh when it is unset (cron, CI); dash's `sh -c`
+    stays between DVC and the stage instead of exec'ing it, bash does not."""
     root, env = hanging_fetch
+    env = {k: v for k, v in env.items() if k != "SHELL"} | ({"SHELL": shell} if shell else {})
     dvc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=root, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
