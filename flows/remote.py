@@ -112,6 +112,10 @@ def open_remote(repo: Any, remote: Remote, write: bool = False) -> Any:
         exists = store.fs.exists(store.path)
     except Exception as e:  # noqa: BLE001 - any fault of the remote's file system
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, PermissionError):  # s3fs, gcsfs: the server refused these credentials
+            raise PipelineError(f"{remote}: access denied ({reason}): wrong credentials, or "
+                                "none that may use it (the remote's own or the environment's, "
+                                "e.g. AWS_ACCESS_KEY_ID)") from None
         raise PipelineError(f"{remote}: unreachable: {reason}") from None
     if store.fs.protocol == "local":
         check_folder(Path(store.path), remote, write)

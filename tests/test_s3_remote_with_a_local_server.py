@@ -1,6 +1,7 @@
 """The DVC remote on S3, for real: moto's S3-compatible server on this machine, DVC's `s3`
 extra; `siamese push`, then `siamese pull` into an empty cache and workspace restores every
-output; a bucket that does not exist is one line, and nothing is lost."""
+output; a bucket that does not exist, or wrong credentials, are one line, and nothing is
+lost."""
 
 import os
 import shutil
@@ -80,4 +81,21 @@ def test_a_missing_bucket_is_one_line_and_nothing_is_lost(project):
         with pytest.raises(PipelineError) as raised:
             action(project)
         assert "\n" not in str(raised.value) and "no-such-bucket" in str(raised.value)
+    assert contents(project) == built
+
+
+def test_wrong_credentials_are_one_line_and_nothing_is_lost(project, monkeypatch):
+    """moto's server checks signatures only under its IAM simulation: there, a key it never
+    issued is refused, as AWS refuses it."""
+    from moto.core.authorization import enable_iam_authentication
+
+    built = contents(project)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
+    with enable_iam_authentication():
+        for action in (remote.push, remote.pull):
+            with pytest.raises(PipelineError) as raised:
+                action(project)
+            message = str(raised.value)
+            assert "\n" not in message and message.startswith("DVC remote 's3' (s3://")
+            assert "access denied (Forbidden): wrong credentials" in message
     assert contents(project) == built
