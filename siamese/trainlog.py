@@ -1,13 +1,15 @@
 """What a training run reports: step-indexed metrics (reports/train), its curves, messages.
 
 tqdm, matplotlib and dvclive are imported where they are used, so importing training imports
-none of them.
+none of them, and training runs without them (the lent GPU machine has none): no bar, no
+picture, JSON lines.
 """
 
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from siamese import paths
 from siamese.atomic import atomic_path, write_json
@@ -57,8 +59,34 @@ class TrainLog:
             self.live.end()
 
 
+class NoBar:
+    """tqdm's bar as training drives it, showing nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(**options: Any) -> Any:
+    """tqdm(**options), or a bar showing nothing where tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return NoBar()
+    return tqdm(**options)
+
+
 def draw_curves(history: list[dict[str, float]], target: Path = CURVES) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        say(f"matplotlib is not installed: {target.name} not drawn")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -67,7 +67,7 @@ from siamese.episodes import Data, load_data, next_batch
 from siamese.model import SiameseNet, build_model, save_checkpoint
 from siamese.objectives import EpisodeLoss, PairLoss, WeightAverage, lr_at, make_optimizer
 from siamese.scoring import credit, embed_images, trial_scores
-from siamese.trainlog import TrainLog, draw_curves, say
+from siamese.trainlog import TrainLog, draw_curves, progress_bar, say
 
 LOG_POINTS = 5  # loss / lr log points per evaluation interval
 
@@ -178,16 +178,15 @@ def train_step(state: TrainState, step: int) -> tuple[torch.Tensor, int]:
 
 
 def loop(state: TrainState) -> None:
-    from tqdm import tqdm
-
     cfg, progress = state.cfg, state.progress
     log_every = max(1, cfg.eval_every // LOG_POINTS)
     unit, per_item = ("images/s", 1) if cfg.objective == "episodes" else ("pairs/s", 2)
     started = since = time.monotonic()
     losses: list[torch.Tensor] = []
     items = 0
-    bar = tqdm(total=cfg.steps, initial=progress.step, disable=state.rank != 0, desc="train",
-               unit="step", dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
+    bar = progress_bar(total=cfg.steps, initial=progress.step, disable=state.rank != 0,
+                       desc="train", unit="step", dynamic_ncols=True, mininterval=2.0,
+                       file=sys.stderr)
     state.net.train()
     for step in range(progress.step + 1, cfg.steps + 1):
         loss, batch = train_step(state, step)

@@ -36,3 +36,17 @@ def test_importing_train_and_evaluate_imports_no_yaml_tqdm_or_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(root)})
     assert result.returncode == 0, result.stderr
+
+
+def test_without_tqdm_and_matplotlib_it_trains_with_no_bar_and_no_picture(
+        tmp_path, synthetic_data_root, monkeypatch, capsys):
+    """The GPU machine has neither: the bar shows nothing and the curves are not drawn."""
+    for name in ("tqdm", "matplotlib"):
+        monkeypatch.setitem(sys.modules, name, None)
+    params = train_project(tmp_path, synthetic_data_root, steps=4, eval_every=2,
+                           episode_alphabets=2, episode_characters=4)
+    monkeypatch.chdir(tmp_path)
+    tasks.train.run(params, device="cpu")
+    assert load_model(paths.MODEL, "cpu")[1]["step"] in (2, 4)
+    assert not trainlog.CURVES.exists()
+    assert "matplotlib is not installed: curves.png not drawn" in capsys.readouterr().err
