@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,8 +27,10 @@ from prefect.tasks import exponential_backoff
 from flows import remote
 from flows import verify as verification
 from flows.dvcstages import (
+    RUNNING,
     dvc,
     forward_signals,
+    kill_group,
     pipeline_stages,
     read_pipeline,
     run_logged,
@@ -35,7 +38,7 @@ from flows.dvcstages import (
 )
 from flows.guard import checkout_slot
 from flows.report import publish_artifacts, publish_failure
-from flows.server import check_api, schedule_server
+from flows.server import check_api, schedule_server, watch_server
 from siamese import paths
 from siamese.config import check_params
 from siamese.errors import PipelineError
@@ -45,18 +48,40 @@ FLOW_NAME = "omniglot-pipeline"
 # Stages whose faults can pass (a download): (retries, first delay in seconds; it doubles).
 RETRIES = {"fetch": (2, 10.0)}
 TAIL_LINES = 40
+RUN_LIMIT = "the flow's timeout_s"
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """The run's time limits, counted from when it holds the checkout: each stage's own
+    (`stage_s`) and the whole run's (`run_s`), which bounds each stage by the time left to the
+    run, so that a run over its time ends in its current stage, killed like a stage over its
+    own time. 0: no limit. (Prefect's own flow timeout is fixed when the flow is declared,
+    not a parameter of a run.)"""
+
+    stage_s: float = 0
+    run_s: float = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def for_stage(self) -> tuple[float, str]:
+        """The next stage's limit in seconds (0: none; never 0 once the run's time is up),
+        and what sets it, as its failure will say."""
+        left = self.run_s - (time.monotonic() - self.start)
+        if self.run_s and (not self.stage_s or left < self.stage_s):
+            return max(round(left, 1), 0.1), f"{RUN_LIMIT}: {self.run_s:g} s in all"
+        return self.stage_s, "the flow's stage_timeout_s"
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
 def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = False,
-              timeout_s: float = 0) -> dict[str, Any] | State:
+              limits: TimeLimits = TimeLimits()) -> dict[str, Any] | State:
     """Reproduce one stage with `dvc repro --single-item`; its output is this task's log.
 
     `up_to_date`: the flow's `dvc status` found nothing changed here, so no process starts.
     A failed stage ends the task in a Failed state whose message holds the last lines of the
     output (retried where RETRIES says so): the failure is the stage's, not a Python error,
-    so no traceback. `timeout_s` > 0: the stage's processes are killed when it runs out, and
-    the task fails saying so."""
+    so no traceback. When `limits` run out, the stage's processes are killed and the task
+    fails saying which limit it was."""
     logger = get_run_logger()
     if up_to_date:
         logger.info(f"Stage '{stage}' didn't change (dvc status), skipping")
@@ -64,13 +89,14 @@ def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = Fal
     args = dvc("repro", "--single-item", stage)
     if force:
         args.append("--force")
+    timeout_s, limit = limits.for_stage()  # at each try: a retry has less of the run's time
     start = time.monotonic()
     status, lines = run_logged(args, Path(root), logger, timeout_s)
     seconds = round(time.monotonic() - start, 2)
     if status is None:
         return Failed(message=(
-            f"stage '{stage}' timed out after {timeout_s:g} s (the flow's stage_timeout_s) and "
-            f"was killed; earlier stages' outputs are intact"))
+            f"stage '{stage}' timed out after {timeout_s:g} s ({limit}) and was killed; earlier "
+            "stages' outputs are intact"))
     if status != 0:
         tail = "\n".join(lines[-TAIL_LINES:])
         return Failed(message=(
@@ -87,8 +113,14 @@ def stage_task(stage: str):
         return run_stage
     retries, delay = RETRIES[stage]
     return run_stage.with_options(
-        retries=retries, retry_delay_seconds=exponential_backoff(delay), retry_jitter_factor=0.2
+        retries=retries, retry_delay_seconds=exponential_backoff(delay), retry_jitter_factor=0.2,
+        retry_condition_fn=within_the_run_s_time,
     )
+
+
+def within_the_run_s_time(_task: Any, _task_run: Any, state: State) -> bool:
+    """Retry a stage unless it was the run's own time limit that ended it."""
+    return RUN_LIMIT not in (state.message or "")
 
 
 @task(name="dvc-pull", task_run_name="dvc-pull")
@@ -101,6 +133,20 @@ def pull_task(root: str) -> list[str]:
 def push_task(root: str) -> int:
     """Push the outputs and the run cache to the default DVC remote (nothing without one)."""
     return remote.push(root)
+
+
+def api_url() -> str:
+    """The URL of the server this flow run reports to (a temporary one's too)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    assert context is not None and context.client is not None
+    return str(context.client.api_url)
+
+
+def stop_stages() -> None:
+    for group in list(RUNNING):
+        kill_group(group, signal.SIGTERM)
 
 
 def check_project_params(root: Path) -> None:
@@ -134,20 +180,22 @@ def notify_failure(_flow: Any, flow_run: Any, state: State) -> None:
 @flow(name=FLOW_NAME, log_prints=True, on_failure=[notify_failure],  # type: ignore[list-item]
       on_crashed=[notify_failure])  # type: ignore[list-item]
 def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
-                  stage_timeout_s: float = 0, notify_url: str = "") -> list[dict[str, Any]] | State:
+                  stage_timeout_s: float = 0, notify_url: str = "",
+                  timeout_s: float = 0) -> list[dict[str, Any]] | State:
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure, recorded as the artifact `omniglot-failure`), then push
-    if `push`. `stage_timeout_s` > 0 bounds each stage; a failed run is sent to `notify_url`
-    (or SIAMESE_NOTIFY_URL), a webhook."""
+    if `push`. `stage_timeout_s` > 0 bounds each stage, `timeout_s` > 0 the whole run (see
+    TimeLimits); a failed run is sent to `notify_url` (or SIAMESE_NOTIFY_URL), a webhook."""
     root = Path(repo).resolve()
     forward_signals()  # SIGTERM / Ctrl-C stop the running stage's process group at once
     check_project_params(root)
-    with checkout_slot(root):  # one run at a time in this checkout: a second one waits here
-        return run_in_order(root, force, push, stage_timeout_s)
+    # One run at a time in this checkout (a second one waits here); a lost server ends it.
+    with checkout_slot(root), watch_server(api_url(), stop_stages):
+        return run_in_order(root, force, push, TimeLimits(stage_timeout_s, timeout_s))
 
 
 def run_in_order(root: Path, force: bool, push: bool,
-                 stage_timeout_s: float) -> list[dict[str, Any]] | State:
+                 limits: TimeLimits) -> list[dict[str, Any]] | State:
     """The flow's body: pull, verify, each stage in DVC's order, push; the artifacts always."""
     found = git_revision(root)  # the tree as this run found it, before its stages write
     results: list[dict[str, Any]] = []
@@ -166,7 +214,7 @@ def run_in_order(root: Path, force: bool, push: bool,
             known_fresh = changed is not None and stage not in changed and all(
                 r["outcome"] == "up to date" for r in results)
             state = stage_task(stage)(stage, str(root), force, up_to_date=known_fresh,
-                                      timeout_s=stage_timeout_s, return_state=True)
+                                      limits=limits, return_state=True)
             if state.is_failed():
                 publish_failure(state.message or f"stage '{stage}' failed")
                 return Failed(message=state.message)  # the later stages do not run
@@ -192,7 +240,7 @@ def summary(results: list[dict[str, Any]], seconds: float) -> str:
 
 
 def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False,
-                 stage_timeout_s: float = 0) -> list[dict[str, Any]]:
+                 stage_timeout_s: float = 0, timeout_s: float = 0) -> list[dict[str, Any]]:
     """`siamese run`: run the flow, print a per-stage summary, return the stage results."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
@@ -201,7 +249,8 @@ def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False
     check_api()
     start = time.monotonic()
     state = pipeline_flow(repo=str(root), force=force, push=push,
-                          stage_timeout_s=stage_timeout_s, return_state=True)
+                          stage_timeout_s=stage_timeout_s, timeout_s=timeout_s,
+                          return_state=True)
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, PipelineError):

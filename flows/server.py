@@ -8,13 +8,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from siamese.atomic import running
 from siamese.errors import PipelineError
+from siamese.processes import children_of
+
+# How long a server may not answer before a run gives it up: gone (connection refused), or
+# there but silent (timeouts; a busy machine answers slowly, and a false alarm costs a stage).
+GONE_AFTER_S = 5.0
+SILENT_AFTER_S = 60.0
+HEALTH_TIMEOUT_S = 5.0
 
 
 def check_api() -> None:
@@ -113,3 +123,59 @@ def wait_for_exit(pid: int, timeout: float) -> None:
             os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.2)
+
+
+@contextmanager
+def watch_server(url: str, stop_work: Callable[[], None], every_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, poll `url`'s health in a thread. A run whose server is lost can
+    record nothing more, and Prefect's client would retry each call for a minute, so once the
+    server is gone (GONE_AFTER_S) or silent (SILENT_AFTER_S): `stop_work()`, SIGTERM to this
+    process's children (a temporary server among them), one line on stderr, exit status 1."""
+    done = threading.Event()
+    thread = threading.Thread(target=watch, args=(url, stop_work, every_s, done),
+                              name="watch-prefect-server", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def watch(url: str, stop_work: Callable[[], None], every_s: float, done: threading.Event) -> None:
+    answered, refused_since = time.monotonic(), None
+    while not done.wait(every_s):
+        now, answer = time.monotonic(), health(url)
+        if answer == "answers":
+            answered, refused_since = now, None
+        elif answer == "refused":
+            refused_since = refused_since or now
+        gone = refused_since is not None and now - refused_since >= GONE_AFTER_S
+        if gone or now - answered >= SILENT_AFTER_S:
+            give_up(url, "gone" if gone else f"silent for {now - answered:.0f} s", stop_work)
+
+
+def health(url: str) -> str:
+    """'answers' (any HTTP status: a server that wants credentials is there), 'refused' (no
+    process listens), or 'silent'."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return "answers"
+    except urllib.error.HTTPError:
+        return "answers"
+    except OSError as e:
+        refused = isinstance(e, ConnectionRefusedError) or isinstance(
+            getattr(e, "reason", None), ConnectionRefusedError)
+        return "refused" if refused else "silent"
+
+
+def give_up(url: str, why: str, stop_work: Callable[[], None]) -> None:
+    stop_work()
+    for child in children_of(os.getpid()):
+        with suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    # On a line of its own: Prefect's log handler may have left one unfinished.
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]])
+    print(f"\n{command}: error: lost the Prefect server at {url.rstrip('/')} ({why}): stopped "
+          "the running stage; the stages that finished are kept, rerun when a server answers",
+          file=sys.stderr, flush=True)
+    os._exit(1)

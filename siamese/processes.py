@@ -66,3 +66,12 @@ def command_name(pid: int) -> str:
             return comm.read().strip()
     except OSError:
         return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc (Linux; elsewhere none)."""
+    found = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else []:
+        if entry.name.isdigit() and parent_of(int(entry.name)) == pid:
+            found.append(int(entry.name))
+    return found

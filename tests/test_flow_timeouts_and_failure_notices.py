@@ -1,5 +1,5 @@
-"""A hung stage ends at the flow's stage_timeout_s in one line naming it, its processes
-killed; a failed run is recorded as the artifact `omniglot-failure` and sent to a webhook."""
+"""A hung stage ends at the flow's stage_timeout_s, or at the run's timeout_s, in one line
+naming it, its processes killed; a failed run is recorded as the artifact `omniglot-failure` and sent to a webhook."""
 
 import json
 import subprocess
@@ -61,6 +61,22 @@ def test_a_hung_stage_ends_at_its_timeout_with_one_line(pipeline, tmp_path):
     _, _, artifacts = flow_run_records(state.state_details.flow_run_id)
     assert "stage 'train' timed out" in artifacts["omniglot-failure"].data
     assert (project / "data/manifests/dataset.json").exists()  # earlier stages kept
+
+
+def test_a_run_over_its_own_timeout_ends_in_the_stage_it_is_in_with_one_line(pipeline, tmp_path):
+    """timeout_s bounds the whole run: its first stage already outlasts it here."""
+    project = make_tiny_project(tmp_path / "tiny")
+    text = (project / "dvc.yaml").read_text()
+    hang = "python -c \"import time; time.sleep(150)\""
+    (project / "dvc.yaml").write_text(text.replace("cmd: python stages.py fetch", f"cmd: {hang}"))
+    start = time.monotonic()
+    state = pipeline.pipeline_flow(repo=str(project), stage_timeout_s=100, timeout_s=6,
+                                   return_state=True)
+    assert time.monotonic() - start < 60
+    assert state.is_failed() and "\n" not in state.message
+    assert state.message.startswith("stage 'fetch' timed out after ")
+    assert state.message.endswith(" s (the flow's timeout_s: 6 s in all) and was killed; "
+                                  "earlier stages' outputs are intact")
 
 
 def test_a_failed_run_reaches_the_webhook(pipeline, tmp_path, receiver):

@@ -131,3 +131,33 @@ def test_sigterm_to_siamese_run_stops_the_stage_and_the_prefect_server(hanging_f
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
+
+
+def server_under(pid: int) -> int | None:
+    return next((p for p in descendants(pid) if "uvicorn" in cmdline(p)), None)
+
+
+def test_a_lost_prefect_server_ends_the_run_in_one_line_within_seconds(hanging_fetch):
+    root, env = hanging_fetch
+    run = subprocess.Popen([str(BIN / "siamese"), "run"], cwd=root, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        assert wait_for(lambda: fetch_under(run.pid), 180), "the stage never started"
+        everything = descendants(run.pid)
+        server = server_under(run.pid)
+        assert server, [cmdline(p) for p in everything]
+        started = time.monotonic()
+        os.kill(server, signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)
+        took = time.monotonic() - started
+        assert run.returncode == 1, output
+        assert "Traceback" not in output, output
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("siamese run: error: lost the Prefect server"), output
+        assert took < 30, output
+        assert wait_for(lambda: not any(alive(p) for p in everything), 10), [
+            cmdline(p) for p in everything if alive(p)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
     run.add_argument("--stage-timeout", type=float, default=0, metavar="SECONDS",
                      help="kill a stage that runs longer, and fail the run saying so (0: none)")
+    run.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                     help="the whole run's limit: the stage running when it is up is killed, "
+                     "and the run fails saying so (0: none)")
     run.add_argument("--push", action="store_true",
                      help="at the end, push the outputs and run cache to the default DVC remote")
     commands.add_parser("pull", help="restore the outputs of dvc.lock from the default DVC remote")
@@ -172,7 +175,8 @@ def dispatch(args: argparse.Namespace) -> None:
     elif args.command == "run":
         from flows.pipeline import run_pipeline
 
-        run_pipeline(force=args.force, push=args.push, stage_timeout_s=args.stage_timeout)
+        run_pipeline(force=args.force, push=args.push, stage_timeout_s=args.stage_timeout,
+                     timeout_s=args.timeout)
     elif args.command in ("pull", "push"):
         from flows import remote
 
@@ -199,7 +203,7 @@ def dispatch(args: argparse.Namespace) -> None:
         result = run_probe(args.steps or PROBE_STEPS, train=overrides(args.train))
         print(json.dumps(result) if args.json else format_probe(result))
     elif args.command == "bench":
-        from tools.bench import run as run_bench
+        from tools.bench.suite import run as run_bench
 
         run_bench(quick=args.quick)
 
