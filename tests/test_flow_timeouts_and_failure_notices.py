@@ -1,5 +1,6 @@
 """A hung stage ends at the flow's stage_timeout_s, or at the run's timeout_s, in one line
-naming it, its processes killed; a failed run is recorded as the artifact `omniglot-failure` and sent to a webhook."""
+naming it, its processes killed; a failed run is recorded as the artifact `omniglot-failure`
+and sent to a webhook."""
 
 import json
 import subprocess
