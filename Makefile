@@ -2,6 +2,7 @@
 # run the whole pipeline (dvc repro) on real Omniglot.
 # `make test`: set up and run the checks and the test suite (what CI runs).
 # `make check`: the quick tier: ruff, the import layers, mypy and the tests not marked slow.
+# `make lock`: re-resolve '.[dev]' and rewrite requirements.lock and requirements-build.lock.
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
@@ -17,15 +18,30 @@ endif
 # Prefect's settings (its home .prefect/, no analytics): prefect.toml, read from this folder;
 # DVC's analytics are off in .dvc/config.
 
-.PHONY: pipeline test check lint flow bench setup
+# torch 2.13.0's CPU build (2.13.0+cpu, what the lock pins) is not on PyPI: pip takes it from
+# PyTorch's CPU index, unless the machine holds the wheel in pip's find-links (this project's
+# machines do, in /opt/wheels, and reach no other index).
+TORCH_WHEEL := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+TORCH_INDEX := $(if $(TORCH_WHEEL),,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: pipeline test check lint flow bench setup lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version and sha256 that requirements.lock names; pip and setuptools
+# first, so that the one sdist (antlr4-python3-runtime) builds with the locked setuptools.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-build.lock
 	python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-build.lock
+	$(BIN)/python -m pip install -q --require-hashes --no-build-isolation $(TORCH_INDEX) \
+		-r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock: setup
+	$(BIN)/python -m pip install -q --dry-run --ignore-installed $(TORCH_INDEX) \
+		--report $(VENV)/report.json '.[dev]' 'setuptools>=77' pip
+	$(BIN)/python -m tools.lockfile $(VENV)/report.json
 
 pipeline: setup
 	siamese pull
