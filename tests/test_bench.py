@@ -18,7 +18,9 @@ from siamese.errors import PipelineError
 from tests import REPO
 from tests.stagekit import build_data
 from tests.synthetic import Layout, make_source
-from tools import bench
+from tools.bench import suite
+from tools.bench.sizes import TINY
+from tools.bench.trainparts import pair_flops
 
 pytestmark = pytest.mark.slow  # the whole bench on a built data folder: not in `make check`
 
@@ -44,7 +46,7 @@ def tiny_bench(tmp_path_factory, source) -> tuple[dict, Path]:
     os.chdir(root)
     os.environ.update(cpu.PATHS["avx2"])  # as `siamese bench` pins its own process
     try:
-        return bench.run(sizes=bench.TINY), root
+        return suite.run(sizes=TINY), root
     finally:
         os.chdir(here)
         os.environ.clear()
@@ -91,37 +93,33 @@ def test_missing_inputs_name_a_repro_that_builds_pairs_and_trials(tmp_path, monk
     # trials does not depend on pairs: `dvc repro trials` alone would leave pairs.parquet out.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match=r"pairs\.parquet.*`dvc repro pairs trials`"):
-        bench.run(sizes=bench.TINY)
+        suite.run(sizes=TINY)
 
 
 def test_koch_network_costs_10_9_gflop_per_training_pair():
     from siamese.model import build_model
 
-    assert bench.pair_flops(build_model("koch", 105), 105) == pytest.approx(10.9e9, rel=0.005)
+    assert pair_flops(build_model("koch", 105), 105) == pytest.approx(10.9e9, rel=0.005)
 
 
-# The packages the GPU machine's Python may lack: the script must run without any of them.
+# The packages the GPU machine's Python lacks: the benchmark must run without any of them
+# (None in sys.modules: importing one raises ImportError, find_spec answers None).
 BLOCKED = ("yaml", "tqdm", "matplotlib", "dvclive", "prefect", "dvc")
 WITHOUT = f"""
 import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {BLOCKED!r}:
-            raise ImportError(f"blocked for the test: {{name}}")
-sys.meta_path.insert(0, Block())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.modules.update(dict.fromkeys({BLOCKED!r}))
+runpy.run_module("tools.bench.gpu", run_name="__main__", alter_sys=True)
 """
 
 
-def test_gpu_script_smoke_runs_without_yaml_tqdm_matplotlib(source, tmp_path):
+def test_gpu_benchmark_smoke_runs_without_yaml_tqdm_matplotlib(source, tmp_path):
+    """As tools/bench/gpu.sh runs it: `python -m tools.bench.gpu` from the repository root."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", WITHOUT, str(REPO / "bench/gpu.py"), "--smoke",
-           "--zips", str(source), "--out", str(out)]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-c", WITHOUT, "--smoke", "--zips", str(source), "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     r = json.loads((out / "gpu.json").read_text())
-    assert r["stand_ins"] == ["yaml", "tqdm", "matplotlib"]
+    assert r["not_installed"] == ["yaml", "tqdm", "matplotlib", "dvclive"]
     assert set(r["data_stages_s"]) == {"fetch", "index", "split", "pairs", "trials"}
     step = r["koch_step"][0]
     assert step["pairs_per_s"] > 0 and step["fraction_of_peak"] > 0
@@ -129,13 +127,10 @@ def test_gpu_script_smoke_runs_without_yaml_tqdm_matplotlib(source, tmp_path):
     assert "| Koch step bf16" in (out / "gpu.md").read_text()
 
 
-def test_gpu_script_reads_params_yaml_without_pyyaml():
-    import importlib.util
-
+def test_gpu_benchmark_reads_params_yaml_without_pyyaml():
     import yaml
 
-    spec = importlib.util.spec_from_file_location("gpu", REPO / "bench/gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    from tools.bench import gpu
+
     text = (REPO / "params.yaml").read_text()
     assert gpu.parse_yaml(text) == yaml.safe_load(text)

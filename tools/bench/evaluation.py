@@ -11,7 +11,7 @@ from siamese import paths
 from tools.bench.seed import seed_trial_scores
 from tools.bench.sizes import Sizes
 from tools.bench.timing import ratio
-from tools.bench.trainer import train_config
+from tools.bench.trainparts import train_config
 
 EVAL_SETS = ("evaluation", "lake")  # each at its largest n_way (20 on the real data)
 

@@ -1,4 +1,5 @@
-"""The GPU benchmark, for a lent H200 (bench/gpu.sh runs it), in under 8 minutes of machine time.
+"""The GPU benchmark, for a lent H200, in under 8 minutes of machine time: from the repository
+root, `python -m tools.bench.gpu --zips DIR` (tools/bench/gpu.sh runs it).
 
 1. builds the data from the three Omniglot zips in a folder, with the project's own stage
    functions (tasks.fetch.run ... tasks.trials.run), in a scratch folder;
@@ -11,27 +12,29 @@
    the 20-way evaluation and Lake trials with the evaluate stage's scoring.
 Prints a table; writes gpu.json (and gpu.md) to --out, or $OUT when set.
 
-It runs with the machine's own Python: torch, numpy, pandas, pyarrow and pillow are needed;
-pyyaml, tqdm, matplotlib and dvclive are not (small stand-ins are installed when missing).
-`--smoke` runs every step on the CPU at tiny sizes (the test suite does, on synthetic zips).
+It runs with the machine's own Python, which has torch, numpy, pandas, pyarrow and pillow:
+every import of the project's is made where it is used, and none of them needs pyyaml, tqdm,
+matplotlib or dvclive (training shows no bar and draws no curves without them; params.yaml
+is read by parse_yaml where pyyaml is missing). `--smoke` runs every step on the CPU at tiny
+sizes (the test suite does, on synthetic zips).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
 KOCH_NET = {"arch": "koch", "image_size": 105, "lr": 0.0005}  # the rest: params.yaml's train
-SMOKE_EDITS = {  # what a small synthetic source (tests/test_bench.py's) can feed
+# What a small synthetic source (tests/test_bench.py's) can feed.
+SMOKE_EDITS: dict[str, dict[str, Any]] = {
     "index": {"expected_fingerprint": None, "expected_runs_fingerprint": None},
     "pairs": {"train_count": 200, "valid_count": 100},
     "trials": {"n_way": [20], "per_alphabet": 2},
@@ -40,9 +43,10 @@ SMOKE_EDITS = {  # what a small synthetic source (tests/test_bench.py's) can fee
 }
 H200_BF16_FLOPS = 790e12  # the issue's figure for dense bf16 matrix work
 EVAL_RESERVE_S = 40.0  # kept back from training for the final evaluation and the report
+OPTIONAL = ("yaml", "tqdm", "matplotlib", "dvclive")  # used where installed
 
 
-# --- stand-ins for packages the GPU machine may lack -----------------------------------------
+# --- params.yaml without pyyaml -----------------------------------------------------------------
 
 
 def scalar(text: str) -> Any:
@@ -65,7 +69,7 @@ def scalar(text: str) -> Any:
 
 def parse_yaml(text: str) -> dict[str, Any]:
     """The subset of YAML that params.yaml uses: nested mappings by indentation, scalars,
-    flow lists and comments. Only used where pyyaml is not installed."""
+    flow lists and comments."""
     root: dict[str, Any] = {}
     stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
     for raw in text.splitlines():
@@ -85,54 +89,13 @@ def parse_yaml(text: str) -> dict[str, Any]:
     return root
 
 
-class NoBar:
-    """tqdm's interface, doing nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def stand_in(name: str, **attributes: Any) -> types.ModuleType:
-    """A module `name` holding `attributes`, with a spec (torch's import checks look for one)."""
-    import importlib.machinery
-
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    module.__dict__.update(attributes)
-    sys.modules[name] = module
-    return module
-
-
-def install_stand_ins() -> list[str]:
-    """Stand-ins for pyyaml (params.yaml's subset) and tqdm; names what was stood in for."""
-    missing = []
+def read_params(text: str) -> dict[str, Any]:
+    """params.yaml's text as a dict: by pyyaml where installed, else by parse_yaml."""
     try:
-        import yaml  # noqa: F401
+        import yaml
     except ImportError:
-        stand_in("yaml", safe_load=parse_yaml, YAMLError=ValueError)
-        missing.append("yaml")
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        stand_in("tqdm", tqdm=NoBar)
-        missing.append("tqdm")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        import tasks.train
-
-        tasks.train.draw_curves = lambda *args, **kwargs: None  # the curves picture only
-        missing.append("matplotlib")
-    return missing
+        return parse_yaml(text)
+    return yaml.safe_load(text)
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -140,9 +103,7 @@ def install_stand_ins() -> list[str]:
 
 def build_params(smoke: bool) -> dict[str, Any]:
     """params.yaml with Koch's network in its train section (and the smoke edits)."""
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params((REPO / "params.yaml").read_text())
     params["train"] = {**params["train"], **KOCH_NET}
     for name, values in (SMOKE_EDITS if smoke else {}).items():
         params[name] = {**params[name], **values}
@@ -151,8 +112,6 @@ def build_params(smoke: bool) -> dict[str, Any]:
 
 def build_data(params: dict[str, Any], zips: Path) -> dict[str, float]:
     """The five data stages, called as functions (as the CLI does), timed."""
-    import importlib
-
     os.environ["OMNIGLOT_SOURCE"] = str(zips.resolve())
     seconds = {}
     for stage in DATA_STAGES:
@@ -218,7 +177,7 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
     import torch
 
     from siamese.episodes import next_batch
-    from tools.bench.trainer import pair_flops, step_runner
+    from tools.bench.trainparts import pair_flops, step_runner
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
     dev = torch.device(device)
@@ -236,7 +195,7 @@ def profile_step_s(params: dict[str, Any], data, device: str) -> float:
     """Seconds of one training step of Koch's network (its own objective), median of 5."""
     import torch
 
-    from tools.bench.trainer import step_runner
+    from tools.bench.trainparts import step_runner
 
     step, _ = step_runner(train_cfg(params, device), data, torch.device(device))
     return timed(step, 5, 2, device)
@@ -284,7 +243,6 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
         work: Path) -> dict[str, Any]:
     """Everything, in the scratch folder `work` (the data, the checkpoints)."""
     started = time.monotonic()
-    stood_in = install_stand_ins()
     import torch
 
     from siamese import paths
@@ -294,12 +252,13 @@ def run(zips: Path, budget_s: float, smoke: bool, out_dir: Path | None,
 
     device = "cpu" if smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu.py: no CUDA device here (use --smoke to run on the CPU)")
+        raise SystemExit("tools.bench.gpu: no CUDA device here (use --smoke to run on the CPU)")
     os.chdir(work)
     params = build_params(smoke)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__, "stand_ins": stood_in, "smoke": smoke,
+        "torch": torch.__version__, "smoke": smoke,
+        "not_installed": [name for name in OPTIONAL if importlib.util.find_spec(name) is None],
         "data_stages_s": build_data(params, zips),
     }
     peak = matmul_peak(device, 256 if smoke else 8192, 2 if smoke else 20)
@@ -371,7 +330,8 @@ def write(result: dict[str, Any], out_dir: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.gpu",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--zips", type=Path, required=True,
                         help="folder with the three Omniglot zips and SHA256SUMS")
     parser.add_argument("--budget-s", type=float, default=330.0,

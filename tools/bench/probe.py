@@ -40,7 +40,7 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
     from siamese.distributed import deterministic
     from siamese.episodes import load_data
     from siamese.scoring import trial_scores
-    from tools.bench.trainer import pair_flops, project_loader, step_runner, train_config
+    from tools.bench.trainparts import pair_flops, project_loader, step_runner, train_config
 
     cfg = train_config(load_params(paths.PARAMS), **(train or {}))
     cpu_device = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""`siamese bench`: how fast each part of the pipeline runs, against the seed notebook's way.
+"""`siamese bench` (its run()): how fast each part of the pipeline runs, against the seed's way.
 
 Every figure is measured in one run, on this machine; every ratio compares two figures of the
 same run. The seed notebook's ways (the baselines, tools/bench/seed.py) are written faithfully:
@@ -10,9 +10,8 @@ real data, each in its own process, and the index stage's packing), training (th
 input path, the distortions, the CPU training step), evaluation (the trial scoring), pipeline
 (DVC and the Prefect flow when all is cached), probe (the training step under each CPU code
 path and allocator, each in a fresh process, and the determinism probe), table (the printed
-table). Beside them: sizes
-(FULL, QUICK, TINY), timing (timers, child processes), seed (the baselines) and trainer
-(train.py's pieces; bench/gpu.py uses its pair_flops and step_runner).
+table). Beside them: sizes (FULL, QUICK, TINY), timing (timers, child processes), seed (the
+baselines) and trainparts (train.py's pieces; gpu.py, the GPU benchmark, uses them too).
 Writes reports/bench.json (every figure) and reports/bench.md (the table it prints).
 
 Headline keys: `input_path_speedup`, pairs/s of train.py's loader at the training profile's
@@ -47,13 +46,11 @@ from tools.bench.pipeline import (
 )
 from tools.bench.probe import bench_cpu_settings
 from tools.bench.seed import unpack_pngs
-from tools.bench.sizes import FULL, QUICK, TINY, Sizes
+from tools.bench.sizes import FULL, QUICK, Sizes
 from tools.bench.stages import bench_stages
 from tools.bench.table import headline, markdown, table_rows
-from tools.bench.trainer import load_train_data, pair_flops, train_config
 from tools.bench.training import bench_augment, bench_input, bench_steps
-
-__all__ = ["FULL", "QUICK", "TINY", "Sizes", "pair_flops", "run"]
+from tools.bench.trainparts import load_train_data, train_config
 
 BENCH_JSON = paths.REPORTS / "bench.json"
 BENCH_MD = paths.REPORTS / "bench.md"

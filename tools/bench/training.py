@@ -1,7 +1,7 @@
 """The training input path, the distortions and the CPU training step, against the seed's.
 
 `data_by_size` maps an image size to train.py's loaded data at that size and its setup
-seconds ((data, seconds), from trainer.load_train_data); `pngs` is the unpacked PNG folder.
+seconds ((data, seconds), from trainparts.load_train_data); `pngs` is the unpacked PNG folder.
 """
 
 from functools import partial
@@ -16,7 +16,7 @@ from siamese import paths
 from tools.bench.seed import seed_batch
 from tools.bench.sizes import Sizes
 from tools.bench.timing import durations, per_second, ratio
-from tools.bench.trainer import pair_flops, project_loader, step_runner, train_config
+from tools.bench.trainparts import pair_flops, project_loader, step_runner, train_config
 
 
 def image_files() -> np.ndarray:

@@ -1,7 +1,7 @@
 """The training's own pieces as the benchmarks drive them: its config, data, batches and step.
 
 The one module of the package that imports the training code (always inside a function, so
-that importing the package loads none of it). bench/gpu.py uses pair_flops and step_runner.
+that importing it loads none of it). tools/bench/gpu.py uses pair_flops and step_runner.
 """
 
 import time
