@@ -17,7 +17,6 @@ vinyals) are left out unless asked for (`--show-test`), so that a sweep does not
 import ast
 import csv
 import io
-import json
 import re
 import subprocess
 import time
@@ -27,7 +26,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.dvcstages import dvc, dvc_env, run_logged
+from flows import remote
+from flows.dvcstages import dvc, run_logged
 from flows.guard import checkout_slot
 from flows.report import flatten
 from flows.server import check_api
@@ -76,10 +76,15 @@ def queue_grid(sweep_id: str, grid: list[str], root: str) -> list[tuple[str, lis
     status, lines = run_logged(dvc("exp", "run", "--queue", "-n", sweep_id, *set_args(grid)),
                                Path(root), get_run_logger())
     if status != 0:
-        first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), -5)
-        message = " ".join(" ".join(lines[first:][:6]).removeprefix("ERROR: ").split())
-        raise PipelineError(f"dvc exp run --queue {' '.join(set_args(grid))}: {message}")
+        raise PipelineError(f"dvc exp run --queue {' '.join(set_args(grid))}: {dvc_error(lines)}")
     return queued_points(lines)
+
+
+def dvc_error(lines: list[str]) -> str:
+    """A failed DVC command's error on one line: from its first ERROR line, else its last
+    lines."""
+    first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), -5)
+    return " ".join(" ".join(lines[first:][:6]).removeprefix("ERROR: ").split())
 
 
 QUEUEING = re.compile(r"^Queueing with overrides '(?P<overrides>.*)'\.$")
@@ -112,14 +117,20 @@ def run_queue(jobs: int, root: str) -> int:
     return -1 if status is None else status  # None: a timeout, and run_logged has none here
 
 
-def experiments(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    """`dvc exp show --json`, reduced to the named experiments: name -> its record."""
-    done = subprocess.run(dvc("exp", "show", "--json", "--no-pager"), cwd=root, env=dvc_env(),
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise PipelineError(f"`dvc exp show` failed: {done.stderr.strip()}")
+def experiments(root: Path, names: list[str],
+                revs: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """DVC's experiments of the baseline commits `revs` (default HEAD), as `dvc exp show --json`
+    has them, reduced to the named experiments: name -> its record."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, remote.quiet_dvc():
+            shown = [state.dumpd() for state in repo.experiments.show(revs=revs, force=True)]
+    except DvcException as e:
+        raise PipelineError(f"dvc exp show: {' '.join(str(e).split())}") from None
     found: dict[str, dict[str, Any]] = {}
-    for baseline in json.loads(done.stdout):
+    for baseline in shown:
         for exp in baseline.get("experiments") or []:
             for rev in exp.get("revs", []):
                 if rev.get("name") in names:
@@ -190,27 +201,38 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def new_sweep_id() -> str:
+    """sweep-DATE-TIME to the millisecond: names of experiments must be new."""
+    now = time.time()
+    return time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
+
+
+def store_table(root: Path, sweep_id: str, rows: list[dict[str, Any]], show_test: bool,
+                about: str) -> list[dict[str, Any]]:
+    """Rank the rows (ranked_table), write them to reports/sweep/<sweep_id>.csv and .md and the
+    table artifact `omniglot-sweep`, print them; the ranked rows."""
+    rows = ranked_table(rows, show_test)
+    order = f"ranked by {ranking_metric(rows) or 'nothing (no holdout accuracy)'}, best first"
+    hidden = "" if show_test else f"; {' and '.join(TEST_SETS)} columns hidden (--show-test)"
+    write_text(to_csv(rows), root / SWEEPS / f"{sweep_id}.csv")
+    write_text(to_markdown(rows), root / SWEEPS / f"{sweep_id}.md")
+    create_table_artifact(rows, key="omniglot-sweep", description=f"{about}; {order}{hidden}")
+    print(to_markdown(rows) + f"\n{order}{hidden}\nstored in {SWEEPS / sweep_id}.csv and .md")
+    return rows
+
+
 @flow(name="omniglot-sweep", log_prints=True)
 def sweep_flow(grid: list[str], jobs: int = 1, repo: str = ".",
                show_test: bool = False) -> list[dict[str, Any]]:
     """Run every point of the grid as a DVC experiment; store and print the comparison (ranked
     by holdout accuracy; the test trial sets' columns only with `show_test`)."""
     root = Path(repo).resolve()
-    now = time.time()  # to the millisecond: names of experiments must be new
-    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S", time.localtime(now)) + f"{now % 1:.3f}"[2:]
+    sweep_id = new_sweep_id()
     with checkout_slot(root):  # not beside a pipeline run in this checkout: it waits
         points = queue_grid(sweep_id, grid, str(root))
         run_queue(jobs, str(root))
         rows = comparison(points, experiments(root, [name for name, _ in points]))
-    rows = ranked_table(rows, show_test)
-    order = f"ranked by {ranking_metric(rows) or 'nothing (no holdout accuracy)'}, best first"
-    hidden = "" if show_test else f"; {' and '.join(TEST_SETS)} columns hidden (--show-test)"
-    write_text(to_csv(rows), root / SWEEPS / f"{sweep_id}.csv")
-    write_text(to_markdown(rows), root / SWEEPS / f"{sweep_id}.md")
-    create_table_artifact(rows, key="omniglot-sweep",
-                          description=f"{sweep_id}: {grid}; {order}{hidden}")
-    print(to_markdown(rows) + f"\n{order}{hidden}\nstored in {SWEEPS / sweep_id}.csv and .md")
-    return rows
+    return store_table(root, sweep_id, rows, show_test, f"{sweep_id}: {grid}")
 
 
 def run_sweep(grid: list[str], jobs: int = 1, repo: Path | str = ".",

@@ -151,7 +151,8 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
                               capture_output=True, text=True)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     found = {d["name"]: d for d in api(server, "/deployments/filter")}
-    assert set(found) == {"nightly", "sweep"}
+    assert set(found) == {"nightly", "sweep", "sweep-point"}
+    assert found["sweep-point"]["entrypoint"] == "flows/poolsweep.py:sweep_point_flow"
     nightly = found["nightly"]
     assert nightly["work_pool_name"] == "omniglot"
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]

@@ -87,13 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="omniglot-scheduled", help="deployment name")
 
     sweep = commands.add_parser(
-        "sweep", help="run a grid of parameter overrides as DVC experiments"
+        "sweep", help="run a grid of parameter overrides as DVC experiments, here or on the "
+        "workers of a Prefect work pool"
     )
     sweep.add_argument(
         "--set",
         dest="grid",
         action="append",
-        required=True,
+        default=[],
         metavar="KEY=V1,V2",
         help="a parameter and its values, e.g. train.lr=0.001,0.002 (repeatable; DVC expands "
         "the grid and refuses a key params.yaml lacks)",
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--show-test", action="store_true",
                        help="also show the test trial sets' columns (evaluation, lake); the "
                        "table is ranked by holdout accuracy either way")
+    sweep.add_argument("--pool", help="send each point as a flow run to this Prefect work pool "
+                       "(its workers run and push them) instead of running them here")
+    sweep.add_argument("--name", default="", help="with --pool: the sweep's name "
+                       "(default sweep-DATE-TIME)")
+    sweep.add_argument("--collect", metavar="NAME", help="pull the experiments of the sweep "
+                       "over workers NAME and rank them")
+    sweep.add_argument("--git-remote", default="origin",
+                       help="with --pool or --collect: the git remote experiments travel through")
 
     commands.add_parser("readme", help="rewrite the README's generated blocks (results, "
                         "frontier, seeds, long) from reports/, dvc.lock and docs/")
@@ -186,9 +195,7 @@ def dispatch(args: argparse.Namespace) -> None:
 
         serve_pipeline(cron=args.cron, interval=args.interval, name=args.name)
     elif args.command == "sweep":
-        from flows.sweep import run_sweep
-
-        run_sweep(args.grid, jobs=args.jobs, show_test=args.show_test)
+        sweep(args)
     elif args.command == "readme":
         from tools.readme import run as write_readme
 
@@ -219,6 +226,26 @@ def overrides(pairs: list[str]) -> dict[str, object]:
             raise PipelineError(f"--train {pair!r}: expected KEY=VALUE, e.g. rotations=1")
         found[key] = yaml.safe_load(value)
     return found
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """`siamese sweep`: --set ... here, --pool POOL --set ... on workers, or --collect NAME."""
+    if args.collect and (args.grid or args.pool or args.name):
+        raise PipelineError("sweep: --collect NAME goes alone (with --show-test, --git-remote)")
+    if args.name and not args.pool:
+        raise PipelineError("sweep: --name goes with --pool")
+    if args.collect:
+        from flows.poolsweep import collect_sweep
+
+        collect_sweep(args.collect, git_remote=args.git_remote, show_test=args.show_test)
+    elif args.pool:
+        from flows.poolsweep import dispatch_sweep
+
+        dispatch_sweep(args.grid, args.pool, name=args.name, git_remote=args.git_remote)
+    else:
+        from flows.sweep import run_sweep
+
+        run_sweep(args.grid, jobs=args.jobs, show_test=args.show_test)
 
 
 def lineage(args: argparse.Namespace) -> None:
