@@ -35,6 +35,7 @@ from flows.sweep import (
     comparison,
     dvc_error,
     experiments,
+    grid_points,
     new_sweep_id,
     set_args,
     store_table,
@@ -44,20 +45,6 @@ from siamese.errors import PipelineError
 
 POINT_FLOW = "omniglot-sweep-point"
 TAG = "omniglot-sweep:"  # + the sweep's name: the tag of its flow runs
-
-
-def grid_points(grid: list[str]) -> list[list[str]]:
-    """The points of the grid, each its list of overrides, in the order `dvc exp run -S` makes
-    them ("FILE:key=value" for a file other than params.yaml)."""
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import get_hydra_sweeps
-
-    try:
-        sweeps = get_hydra_sweeps(to_path_overrides(grid))
-    except Exception as e:  # noqa: BLE001 - DVC's and hydra's parse errors
-        raise PipelineError(f"--set {' '.join(grid)}: {' '.join(str(e).split())}") from None
-    return [[o if file == "params.yaml" else f"{file}:{o}" for file, items in point.items()
-             for o in items] for point in sweeps]
 
 
 def check_points(root: Path, points: list[list[str]]) -> None:

@@ -14,7 +14,6 @@ first (the set that chooses hyperparameters); the test trial sets' columns (eval
 vinyals) are left out unless asked for (`--show-test`), so that a sweep does not choose by them.
 """
 
-import ast
 import csv
 import io
 import re
@@ -77,7 +76,7 @@ def queue_grid(sweep_id: str, grid: list[str], root: str) -> list[tuple[str, lis
                                Path(root), get_run_logger())
     if status != 0:
         raise PipelineError(f"dvc exp run --queue {' '.join(set_args(grid))}: {dvc_error(lines)}")
-    return queued_points(lines)
+    return queued_points(Path(root), sweep_id, grid)
 
 
 def dvc_error(lines: list[str]) -> str:
@@ -87,26 +86,36 @@ def dvc_error(lines: list[str]) -> str:
     return " ".join(" ".join(lines[first:][:6]).removeprefix("ERROR: ").split())
 
 
-QUEUEING = re.compile(r"^Queueing with overrides '(?P<overrides>.*)'\.$")
-QUEUED = re.compile(r"^Queued experiment '(?P<name>[^']+)'")
+def grid_points(grid: list[str]) -> list[list[str]]:
+    """The points of the grid, each its list of overrides, in the order `dvc exp run -S`
+    queues them: DVC's own parser and expansion ("FILE:key=value" for a file other than
+    params.yaml)."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import get_hydra_sweeps
+
+    try:
+        sweeps = get_hydra_sweeps(to_path_overrides(grid))
+    except Exception as e:  # noqa: BLE001 - DVC's and hydra's parse errors
+        raise PipelineError(f"--set {' '.join(grid)}: {' '.join(str(e).split())}") from None
+    return [[o if file == "params.yaml" else f"{file}:{o}" for file, items in point.items()
+             for o in items] for point in sweeps]
 
 
-def queued_points(lines: list[str]) -> list[tuple[str, list[str]]]:
-    """The points `dvc exp run --queue` reports: "Queueing with overrides '{'params.yaml':
-    ['train.lr=0.1']}'." then "Queued experiment 'NAME' ..." for each."""
-    points: list[tuple[str, list[str]]] = []
-    overrides: list[str] = []
-    for line in lines:
-        if match := QUEUEING.match(line):
-            by_file = ast.literal_eval(match["overrides"])
-            overrides = [o if file == "params.yaml" else f"{file}:{o}"
-                         for file, items in by_file.items() for o in items]
-        elif match := QUEUED.match(line):
-            points.append((match["name"], overrides))
-            overrides = []
-    if not points:
-        raise PipelineError("dvc exp run --queue queued nothing:\n" + "\n".join(lines[-10:]))
-    return points
+def queued_points(root: Path, sweep_id: str, grid: list[str]) -> list[tuple[str, list[str]]]:
+    """The points `dvc exp run --queue -n SWEEP -S ...` queued: [(name, overrides), ...] in
+    DVC's order. DVC names a grid's points SWEEP-1, SWEEP-2, ... as it expands it (grid_points),
+    a single point SWEEP; the names are checked against DVC's queue."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        queued = {entry.name for entry in repo.experiments.celery_queue.iter_queued()}
+    points = grid_points(grid)
+    names = [sweep_id] if sweep_id in queued else [f"{sweep_id}-{i}"
+                                                     for i in range(1, len(points) + 1)]
+    missing = sorted(set(names) - queued)
+    if missing:
+        raise PipelineError(f"dvc exp run --queue: DVC's queue lacks {', '.join(missing)}")
+    return list(zip(names, points, strict=True))
 
 
 @task(name="run-queue")
