@@ -134,7 +134,7 @@ def report_markdown(metrics: dict[str, Any], meta: dict[str, Any], dataset: dict
     lines += ["## Verification (valid pairs)", "", verification_line(metrics["verification"]), "",
               "The decision is P(same) > 0.5; the train stage sets the head's bias on the train "
               "pairs (an objective over a trial's candidates leaves it free). The AUC needs no "
-              "threshold; the ROC curve: [roc.csv](roc.csv) (`dvc plots show`).", ""]
+              "threshold; the ROC curve: [roc.csv](../plots/roc.csv) (`dvc plots show`).", ""]
     lines += ["## Per alphabet", "", "![accuracy per alphabet](per_alphabet.png)", "",
               "Numbers: [per_alphabet.csv](per_alphabet.csv); every trial: predictions.parquet.",
               "", "## Example trials", "",

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from siamese.errors import PipelineError
+from siamese.lockcheck import check_input
 
 if TYPE_CHECKING:
     import torch
@@ -182,6 +183,7 @@ def load_pixels(path: Path | str) -> np.ndarray:
         raise PipelineError(
             f"{path}: expected uint8 [N, H, W/8], got {packed.dtype} {packed.shape}"
         )
+    check_input(path)
     return unpack(packed, size=packed.shape[1])
 
 

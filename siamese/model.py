@@ -30,6 +30,7 @@ from torch import nn
 
 from siamese.atomic import atomic_path
 from siamese.errors import PipelineError
+from siamese.lockcheck import check_input
 
 ARCHS = ("koch", "compact")
 INITS = ("default", "koch")
@@ -278,6 +279,7 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
         raise PipelineError(msg) from None
     if not isinstance(checkpoint, dict):
         raise PipelineError(f"{path}: not a checkpoint (a {type(checkpoint).__name__}, not a dict)")
+    check_input(path)
     return checkpoint
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from siamese.errors import PipelineError
+from siamese.lockcheck import check_input
 
 PARAMS = Path("params.yaml")
 RAW = Path("data/raw")  # the three verified zips, named in siamese/zips.py
@@ -24,15 +25,19 @@ MODELS = Path("models")
 MODEL = MODELS / "model.pt"
 CHECKPOINTS = MODELS / "checkpoints"
 REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"  # the evaluation's plot data, kept by git like the metrics
 TRAIN_LIVE = REPORTS / "train"
 METRICS = REPORTS / "metrics.json"
 
 
 def read_manifest(path: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """A manifest that an earlier stage writes, with a clear error when it is not there."""
+    """A manifest that an earlier stage writes, with a clear error when it is not there or
+    (under `dvc repro`) not what dvc.lock records."""
     try:
-        return pd.read_parquet(path, columns=columns)
+        table = pd.read_parquet(path, columns=columns)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run the {stage} stage first") from None
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise PipelineError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    check_input(path)
+    return table

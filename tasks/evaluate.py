@@ -1,11 +1,13 @@
 """`siamese evaluate`: n-way k-shot accuracy, verification accuracy, report and pictures.
 
 Reads the best checkpoint (models/model.pt), the packed pixels and the trials and pairs
-manifests; writes reports/metrics.json (DVC metrics) and the folder reports/evaluate:
-predictions.parquet (one row per trial), per_alphabet.csv and .png, roc.csv (the verification
-ROC curve), pictures/ (a few trials drawn) and report.md (drawn by siamese/evalreport.py).
-per_alphabet/<set>-<n>way[-<k>shot].csv (per_alphabet.csv split by trial set) and roc.csv are
-DVC plots (dvc.yaml), for `dvc plots diff`. Trials are grouped by (trial_set, n_way, k_shot);
+manifests; writes reports/metrics.json (DVC metrics), the folder reports/evaluate:
+predictions.parquet (one row per trial), per_alphabet.csv and .png, pictures/ (a few trials
+drawn) and report.md (drawn by siamese/evalreport.py), and the folder reports/plots: roc.csv
+(the verification ROC curve) and per_alphabet/<set>-<n>way[-<k>shot].csv (per_alphabet.csv split
+by trial set), the DVC plots of dvc.yaml, for `dvc plots diff`. The plots, like the metrics,
+are kept by git, not the DVC cache: DVC reads them for every experiment it saves, built or
+not. Trials are grouped by (trial_set, n_way, k_shot);
 each image is embedded once per quarter turns it is seen at (embedding_table), then trial
 scoring is the head alone (siamese.scoring.table_scores). Accuracy gives a
 trial 1/k credit when its answer is among k tied top scores, so a model that cannot tell the
@@ -243,16 +245,21 @@ def plot_tables(alphabets: pd.DataFrame) -> dict[str, pd.DataFrame]:
             for (trial_set, n_way, k_shot), group in alphabets.groupby(GROUP, sort=True)}
 
 
-def write_report_dir(target: Path, predictions: pd.DataFrame, alphabets: pd.DataFrame,
-                     roc: pd.DataFrame, figures: dict[str, Any], report: str) -> None:
-    """Build the whole folder under a temporary name, then swap it in (atomic as a whole)."""
+def write_plots_dir(target: Path, alphabets: pd.DataFrame, roc: pd.DataFrame) -> None:
+    """The plots' data, the whole folder swapped in at once."""
     with atomic_path(target, is_dir=True) as tmp:
-        write_parquet(predictions, tmp / "predictions.parquet")
-        write_text(alphabets.to_csv(index=False), tmp / "per_alphabet.csv")
         write_text(roc.to_csv(index=False), tmp / "roc.csv")
         for name, table in plot_tables(alphabets).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             write_text(table.to_csv(index=False), tmp / name)
+
+
+def write_report_dir(target: Path, predictions: pd.DataFrame, alphabets: pd.DataFrame,
+                     figures: dict[str, Any], report: str) -> None:
+    """Build the whole folder under a temporary name, then swap it in (atomic as a whole)."""
+    with atomic_path(target, is_dir=True) as tmp:
+        write_parquet(predictions, tmp / "predictions.parquet")
+        write_text(alphabets.to_csv(index=False), tmp / "per_alphabet.csv")
         for name, fig in figures.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(tmp / name, metadata={"Software": None})
@@ -300,7 +307,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     pictures = draw_pictures(chosen, trials, pixels, character)
     report = report_markdown(metrics, meta, dataset, list(pictures))
     figures = {"per_alphabet.png": draw_per_alphabet(alphabets), **pictures}
-    write_report_dir(REPORT_DIR, predictions, alphabets, roc, figures, report)
+    write_report_dir(REPORT_DIR, predictions, alphabets, figures, report)
+    write_plots_dir(paths.PLOTS, alphabets, roc)
     write_json(metrics, paths.METRICS)
     print(f"evaluate: {summary_line(metrics)}; report {REPORT_DIR / 'report.md'}")
     return metrics

@@ -54,12 +54,12 @@ def test_oracle_scores_every_trial_right(data_root):
     assert Path("reports/evaluate/per_alphabet.png").read_bytes()[:4] == b"\x89PNG"
 
     # the DVC plots of dvc.yaml: the ROC curve, and per_alphabet.csv split by trial set
-    roc = pd.read_csv("reports/evaluate/roc.csv")
+    roc = pd.read_csv("reports/plots/roc.csv")
     assert list(roc.columns) == ["fpr", "tpr", "threshold"] and len(roc) == 201
     assert roc["tpr"].min() == 1.0  # the oracle: every same pair above every different one
-    split = sorted(p.name for p in Path("reports/evaluate/per_alphabet").iterdir())
+    split = sorted(p.name for p in Path("reports/plots/per_alphabet").iterdir())
     assert split == ["lake-5way.csv", "valid-3way.csv", "valid-5way.csv"]
-    assert sum(len(pd.read_csv(f"reports/evaluate/per_alphabet/{name}")) for name in split) == 6
+    assert sum(len(pd.read_csv(f"reports/plots/per_alphabet/{name}")) for name in split) == 6
 
 
 def test_model_scoring_all_candidates_alike_gets_one_over_n(data_root):
