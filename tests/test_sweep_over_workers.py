@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import REPO
-from tests.flowkit import STAGES_PY, api, cli_env, git_commit_all, make_tiny_project, run
+from tests.flowkit import BIN, STAGES_PY, api, cli_env, git_commit_all, make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect", "--no-prompt"]
@@ -123,10 +123,13 @@ def test_four_points_over_two_workers_then_a_third_clone_collects_and_applies_th
 
     third = clone(remotes[0], tmp_path / "third")
     start = time.monotonic()
+    sent = subprocess.run([str(BIN / "siamese"), "sweep", "--pool", "omniglot", "--name", "fleet",
+                           "--set", "train.lr=0.1,0.2,0.3,0.4"], cwd=third, capture_output=True,
+                          text=True, env=cli_env(tmp_path / "home", PREFECT_API_URL=server))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.splitlines()[:4] == [f"fleet-{i}: train.lr=0.{i}" for i in range(1, 5)]
+    names = [f"fleet-{i}" for i in range(1, 5)]
     with temporary_settings(updates={PREFECT_API_URL: server}):
-        names = poolsweep.dispatch_sweep(["train.lr=0.1,0.2,0.3,0.4"], "omniglot", repo=third,
-                                         name="fleet")
-        assert names == ["fleet-1", "fleet-2", "fleet-3", "fleet-4"]
         runs = wait_for(lambda: (found := api(server, "/flow_runs/filter", {"flow_runs": {
             "tags": {"all_": ["omniglot-sweep:fleet"]}}})) and len(found) == 4 and all(
             r["state_type"] in FINAL for r in found) and found, 240, "the four points to end")
