@@ -14,6 +14,30 @@ from tests.synthetic import SYNTHETIC_PARAMS, make_source
 SLOW_FIXTURES = {"real_data_root", "prefect_session", "prefect_api"}
 
 
+PROBE = "test_cpu_paths_pin_the_weights.py::test_determinism_probe"
+probe_outcomes: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if PROBE in report.nodeid and report.when == "call":
+        probe_outcomes.append(report.outcome)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The machine the suite ran on, and whether it computed the pinned weights: the evidence,
+    run by run, that one numerical path holds across CPUs (issue 18)."""
+    from siamese import cpu
+
+    info = {key.strip(): value.strip() for key, _, value in
+            (line.partition(":") for line in cpu.read_cpuinfo().splitlines())}
+    family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    probe = ", ".join(probe_outcomes) or "not run"
+    terminalreporter.write_line(
+        f"machine: {cpu.cpu_model()} ({family}; {' '.join(cpu.cpu_flags())}); "
+        f"determinism probe vs the pinned sha256s: {probe}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the real data or a Prefect server is slow: `make check` leaves it out."""
     for item in items:
