@@ -1,5 +1,6 @@
-"""DVC's side of the flows: the stages of dvc.yaml in DVC's order, which of them changed, and
-DVC commands run in a process of their own whose output streams line by line.
+"""DVC's side of the flows: the stages of dvc.yaml in DVC's order, which of them changed, what
+`dvc repro` is about to do with one, and DVC commands run in a process of their own whose
+output streams line by line.
 
 DVC alone decides whether a stage is up to date (dvc.lock is the one lock file, the DVC cache
 the one cache), so the flow and `dvc repro` skip what the other built.
@@ -7,7 +8,6 @@ the one cache), so the flow and `dvc repro` skip what the other built.
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,12 +19,6 @@ from typing import Any
 
 from flows import remote
 from siamese.errors import PipelineError
-
-OUTCOMES = (
-    (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
-    (re.compile(r"^(Stage )?'(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
-)
 
 
 def read_pipeline(root: Path, force: bool = False) -> tuple[list[str], set[str] | None]:
@@ -169,11 +163,39 @@ def run_logged(args: list[str], cwd: Path, logger: Any,
         lines.append(line)
 
 
-def stage_outcome(stage: str, lines: list[str]) -> str:
-    """What DVC did with `stage`, read from its output: ran, restored or up to date."""
-    for line in lines:
-        for pattern, outcome in OUTCOMES:
-            match = pattern.match(line.strip())
-            if match and match["stage"] == stage:
-                return outcome
-    return "unknown"
+def stage_outcome(root: Path, stage: str, force: bool = False) -> str:
+    """What `dvc repro --single-item STAGE [--force]` in `root` is about to do (ran, restored
+    or up to date), asked of DVC's API just before it runs, under DVC's lock: in a checkout
+    that runs one flow at a time (flows/guard.py) nothing else changes it in between.
+    "unknown" where DVC cannot tell (its lock held by another DVC process, say)."""
+    if force:
+        return "ran"
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
+    try:
+        # In the repository root, as DVC's commands run: its run cache makes stages from paths
+        # relative to the working directory. (The flow's tasks run one at a time.)
+        with (contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo),
+              remote.quiet_dvc(), warnings.catch_warnings()):
+            warnings.simplefilter("ignore", DeprecationWarning)  # DVC's own, about its trie
+            named = {address(s, repo.root_dir): s for s in repo.index.stages}
+            return planned_outcome(repo, named[stage]) if stage in named else "unknown"
+    except (LockError, DvcException):
+        return "unknown"
+
+
+def planned_outcome(repo: Any, stage: Any) -> str:
+    """DVC's reproduce's own checks, in its order: a stage that did not change is up to date;
+    one whose outputs the run cache holds for its deps (or the DVC cache, where only its
+    outputs are missing) is restored from there; any other runs."""
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    if not stage.changed():
+        return "up to date"
+    try:
+        repo.stage_cache.restore(stage, dry=True)
+    except RunCacheNotFoundError:
+        return "ran"
+    return "restored"

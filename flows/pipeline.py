@@ -90,6 +90,7 @@ def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = Fal
     if force:
         args.append("--force")
     timeout_s, limit = limits.for_stage()  # at each try: a retry has less of the run's time
+    outcome = stage_outcome(Path(root), stage, force)  # DVC's answer, before it runs
     start = time.monotonic()
     status, lines = run_logged(args, Path(root), logger, timeout_s)
     seconds = round(time.monotonic() - start, 2)
@@ -104,7 +105,7 @@ def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = Fal
             f"are intact, its own last good outputs are in the DVC cache (`dvc checkout {stage}`)."
             f" Its last lines:\n{tail}"
         ))
-    return {"stage": stage, "outcome": stage_outcome(stage, lines), "seconds": seconds}
+    return {"stage": stage, "outcome": outcome, "seconds": seconds}
 
 
 def stage_task(stage: str):
