@@ -80,10 +80,13 @@ def queue_grid(sweep_id: str, grid: list[str], root: str) -> list[tuple[str, lis
 
 
 def dvc_error(lines: list[str]) -> str:
-    """A failed DVC command's error on one line: from its first ERROR line, else its last
-    lines."""
-    first = next((i for i, line in enumerate(lines) if line.startswith("ERROR")), -5)
-    return " ".join(" ".join(lines[first:][:6]).removeprefix("ERROR: ").split())
+    """A failed DVC command's error on one line: its first ERROR and the lines that go on
+    with it (up to 6, up to the next ERROR: `dvc exp run --temp` reports each twice), else
+    its last lines."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("ERROR")] or [-5]
+    end = starts[1] if len(starts) > 1 else len(lines)
+    taken = lines[starts[0]:end][:6]
+    return " ".join(" ".join(taken).removeprefix("ERROR: ").split())
 
 
 def grid_points(grid: list[str]) -> list[list[str]]:

@@ -4,7 +4,8 @@ of prefect.yaml's `sweep-point`, and two real `prefect worker start` in two clon
 deployment's entrypoint and pull step) that share a bare git remote and a local-folder DVC
 remote. Four points go to the pool, each worker runs at least one as a DVC experiment in its
 own checkout and pushes it; a third clone collects the four, ranked by holdout accuracy, and
-`dvc exp apply` brings the best into its workspace without running a stage."""
+`dvc exp apply` brings the best into its workspace without running a stage. A point that fails
+on its worker is one row saying why."""
 
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from siamese.errors import PipelineError
 from tests import REPO
 from tests.flowkit import BIN, STAGES_PY, api, cli_env, git_commit_all, make_tiny_project, run
 
@@ -82,6 +84,13 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
 
 
+def ended(url: str, sweep: str, count: int) -> list[dict]:
+    """The flow runs of `sweep` once there are `count` and all have ended; else []."""
+    found = api(url, "/flow_runs/filter", {"flow_runs": {"tags": {"all_": [
+        f"omniglot-sweep:{sweep}"]}}})
+    return found if len(found) == count and all(r["state_type"] in FINAL for r in found) else []
+
+
 def exp_refs(checkout: Path) -> set[str]:
     listed = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], checkout).stdout
     return {ref.rsplit("/", 1)[1] for ref in listed.split()}
@@ -130,15 +139,23 @@ def test_four_points_over_two_workers_then_a_third_clone_collects_and_applies_th
     assert sent.stdout.splitlines()[:4] == [f"fleet-{i}: train.lr=0.{i}" for i in range(1, 5)]
     names = [f"fleet-{i}" for i in range(1, 5)]
     with temporary_settings(updates={PREFECT_API_URL: server}):
-        runs = wait_for(lambda: (found := api(server, "/flow_runs/filter", {"flow_runs": {
-            "tags": {"all_": ["omniglot-sweep:fleet"]}}})) and len(found) == 4 and all(
-            r["state_type"] in FINAL for r in found) and found, 240, "the four points to end")
-        assert {r["state_type"] for r in runs} == {"COMPLETED"}, [r["state"] for r in runs]
+        poolsweep.dispatch_sweep(["train.fail=true"], "omniglot", repo=third, name="broken")
+        fleet = wait_for(lambda: ended(server, "fleet", 4), 240, "the four points to end")
+        assert {r["state_type"] for r in fleet} == {"COMPLETED"}, [r["state"] for r in fleet]
         ran = time.monotonic() - start
-        by_worker = [exp_refs(checkout) for checkout in workers]
+        by_worker = [{n for n in exp_refs(checkout) if n.startswith("fleet-")}
+                     for checkout in workers]
         assert all(by_worker) and set().union(*by_worker) == set(names), by_worker
+        wait_for(lambda: ended(server, "broken", 1), 120, "the failing point to end")
 
         rows = poolsweep.collect_sweep("fleet", repo=third)
+        [broken] = poolsweep.collect_sweep("broken", repo=third)
+        with pytest.raises(PipelineError, match="no flow runs of sweep 'nothing' on the Prefect"):
+            poolsweep.collect_sweep("nothing", repo=third)
+    assert broken["state"] == "failed" and "\n" not in broken["error"]
+    assert broken["error"].startswith("dvc exp run -n broken-1 train.fail=True: exit status ")
+    assert broken["error"].endswith(": failed to reproduce 'train': failed to run: python "
+                                    "stages.py train, exited with 1")
     assert [(r["experiment"], r["train.lr"], r["state"]) for r in rows] == [
         ("fleet-4", "0.4", "success"), ("fleet-3", "0.3", "success"),
         ("fleet-2", "0.2", "success"), ("fleet-1", "0.1", "success")]
@@ -175,8 +192,7 @@ def test_a_point_that_did_not_complete_is_one_row_and_the_others_stand(prefect_s
 def test_the_grid_expands_as_dvc_does_and_an_unknown_key_fails_before_any_run(
     prefect_session, tmp_path
 ):
-    from flows.poolsweep import check_points, grid_points
-    from siamese.errors import PipelineError
+    from flows.poolsweep import check_points, dispatch_sweep, grid_points
 
     points = grid_points(["train.lr=0.1,0.2", "fetch.content=a,b,c"])
     assert len(points) == 6 and points[0] == ["train.lr=0.1", "fetch.content=a"]
@@ -185,10 +201,11 @@ def test_the_grid_expands_as_dvc_does_and_an_unknown_key_fails_before_any_run(
     with pytest.raises(PipelineError, match="train.momentum"):
         check_points(project, grid_points(["train.momentum=0.9"]))
     check_points(project, grid_points(["+train.momentum=0.9"]))
+    with pytest.raises(PipelineError, match="needs the Prefect server the workers poll"):
+        dispatch_sweep(["train.lr=0.1,0.2"], "omniglot", repo=project)  # no PREFECT_API_URL
 
 
 def test_cli_sweep_modes():
-    from siamese.errors import PipelineError
     from tools.cli import build_parser, sweep
 
     args = build_parser().parse_args(["sweep", "--pool", "omniglot", "--set", "train.lr=1,2"])
