@@ -113,6 +113,21 @@ def test_changed_train_param_reruns_train_and_evaluate_only(pipeline, project):
     git_commit_all(project, "lr 0.001, built")
 
 
+def test_dvc_exp_run_of_part_of_the_pipeline_works_in_a_fresh_clone(project, tmp_path,
+                                                                    monkeypatch):
+    """A clone has dvc.lock but no cache: `dvc exp run train` builds fetch ... train, and DVC,
+    saving the experiment, reads every plot's data, evaluate's too, which never ran here."""
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert (clone / "reports/plots/roc.csv").exists()  # git keeps the plots' data
+    monkeypatch.setenv("PYTHONPATH", str(clone))
+    done = run(["dvc", "exp", "run", "train", "-n", "part", "-S", "train.lr=0.002"], clone,
+               check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = run(["dvc", "exp", "show", "--json"], clone).stdout
+    assert '"part"' in shown
+
+
 def test_two_point_queued_sweep_compares_the_experiments(project, pipeline):
     from flows.sweep import run_sweep
 
