@@ -57,7 +57,7 @@ test: lint
 	pytest -q
 
 check: lint
-	pytest -q -m "not slow"
+	pytest -q -m "not slow" -n 2
 
 flow: setup
 	siamese run

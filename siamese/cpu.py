@@ -1,18 +1,24 @@
 """The CPU code paths and memory allocator of a process that computes weights or scores.
 
 Set once, at the start of every `siamese` command (tools/cli.py), before torch is imported:
-the libraries read these settings when they load, never after.
+the libraries read these settings when they load, never after; `kernels` then chooses, in the
+process, which library convolves.
 
-Code paths (train.cpu_paths). Three libraries pick their vectorised kernels by the CPU they
-find, and each kernel rounds its sums in its own order, so the same seed gives other weights on
-a CPU with other instructions:
-- ATen's own kernels (elementwise ops, reductions, the optimiser): `ATEN_CPU_CAPABILITY`;
-- oneDNN's convolutions and batch norm: `ONEDNN_MAX_CPU_ISA`;
-- MKL's matrix multiplies: `MKL_CBWR` (conditional numerical reproducibility; on AMD CPUs MKL's
-  default path is not even its AVX2 one).
-`avx2` pins all three to their AVX2 kernels, which every x86-64 CPU since 2013-2015 runs: the
-same weights bit for bit on each of them (the thread count is pinned too, train.threads).
-`native` leaves each library to pick the fastest path for the CPU at hand.
+Code paths (train.cpu_paths). The libraries pick their kernels by the CPU they find, and each
+kernel rounds its sums in its own order, so the same seed gives other weights on another CPU:
+- ATen's own kernels (elementwise ops, reductions, the optimiser, im2col): by the instructions,
+  `ATEN_CPU_CAPABILITY`;
+- MKL's matrix multiplies: by the instructions and the vendor, `MKL_CBWR` (conditional
+  numerical reproducibility; on AMD CPUs MKL's default path is not even its AVX2 one; STRICT
+  fixes the order of every sum, whatever the data's alignment);
+- oneDNN's and NNPACK's convolutions: by the instructions (`ONEDNN_MAX_CPU_ISA`) and by more
+  (their blocking may follow the CPU's cache sizes), which no setting fixes: with all three
+  settings, and with MKL on its vendor-neutral path, an AMD EPYC and an Intel Xeon computed
+  different weights.
+`avx2` pins ATen and MKL to their AVX2 kernels, which every x86-64 CPU since 2013-2015 runs,
+and convolves with ATen's im2col and MKL's matrix multiply instead of oneDNN or NNPACK (the
+thread count is pinned too, train.threads); oneDNN's ISA stays pinned for any other op torch
+hands it. `native` leaves each library to pick the fastest path for the CPU at hand.
 
 Allocator. glibc's malloc hands large freed blocks back to the kernel and faults them in again
 on the next step: a third of a training run's CPU time went to the kernel. `tune_allocator`
@@ -23,14 +29,17 @@ import ctypes
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 PATHS = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_CBWR": "AVX2,STRICT", "MKL_DYNAMIC": "FALSE"},
     "native": {},
 }
-SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC")
 DEFAULT = "avx2"
 # The instruction sets that decide which kernels the libraries may pick.
 FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -55,6 +64,25 @@ def pin_paths(choice: str) -> dict[str, str]:
 
 def in_force() -> dict[str, str]:
     return {name: os.environ.get(name, "") for name in SETTINGS}
+
+
+@contextmanager
+def kernels(choice: str) -> Iterator[None]:
+    """Within: the convolution kernels of `choice` (`avx2`: ATen's im2col and MKL, neither
+    oneDNN nor NNPACK); the previous ones restored after."""
+    import torch
+
+    if choice == "native":
+        yield
+        return
+    onednn, nnpack = torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    torch._C._set_nnpack_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(onednn)
+        torch._C._set_nnpack_enabled(nnpack)
 
 
 def tune_allocator() -> bool:
@@ -121,6 +149,14 @@ def record(choice: str) -> dict[str, str]:
     return {"cpu_paths": choice, **in_force()}
 
 
+def trained_with(meta: dict[str, Any]) -> str:
+    """The train.cpu_paths a checkpoint's metadata records (the default where it records none),
+    so that scoring convolves as training did."""
+    recorded = meta.get("cpu_paths") or {}
+    choice = recorded.get("cpu_paths") if isinstance(recorded, dict) else None
+    return choice if choice in PATHS else DEFAULT
+
+
 def describe(choice: str) -> dict[str, Any]:
     """The machine and the settings in force, for logs, the probe and `siamese bench`."""
     torch = sys.modules.get("torch")
@@ -128,6 +164,7 @@ def describe(choice: str) -> dict[str, Any]:
         "cpu_paths": choice,
         "settings": in_force(),
         "aten_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "onednn_convolutions": torch._C._get_mkldnn_enabled() if torch else None,
         "cpu": cpu_model(),
         "flags": cpu_flags(),
         "machine": platform.machine(),

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from siamese import cpu
 from siamese.config import TrainConfig
 from siamese.errors import PipelineError
 from siamese.model import resolve_device
@@ -63,6 +64,7 @@ def deterministic(cfg: TrainConfig) -> Iterator[None]:
     """Run training as deterministically as the hardware allows; settings restored after.
 
     train.threads pins the intra-op thread count (CPU kernels split reductions by it);
+    train.cpu_paths chooses the convolution kernels (siamese.cpu.kernels);
     deterministic algorithms are on, warn-only as some CUDA kernels have none. Inter-op
     threads are left alone: they run independent ops side by side and never split one, so
     they cannot change a result.
@@ -73,7 +75,8 @@ def deterministic(cfg: TrainConfig) -> Iterator[None]:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with cpu.kernels(cfg.cpu_paths):
+            yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)

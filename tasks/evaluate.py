@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from siamese import paths
+from siamese import cpu, paths
 from siamese.atomic import atomic_path, write_json, write_parquet, write_text
 from siamese.augment import random_affine, warp
 from siamese.config import EvaluateConfig
@@ -295,11 +295,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
     valid_pairs = pairs[pairs["role"] == "valid"]
     table_keys = needed_keys(trials, valid_pairs)
-    table = embedding_table(model, pixels, table_keys, cfg.device, cfg.batch_size, tta=cfg.tta,
-                            seed=cfg.seed)
-    model.cpu()  # scoring from the table: only the head runs, on the CPU
-    predictions = predict_trials(table, table_keys, model, trials)
-    verification, roc = verify_pairs(table, table_keys, model, valid_pairs)
+    with cpu.kernels(cpu.trained_with(meta)):
+        table = embedding_table(model, pixels, table_keys, cfg.device, cfg.batch_size,
+                                tta=cfg.tta, seed=cfg.seed)
+        model.cpu()  # scoring from the table: only the head runs, on the CPU
+        predictions = predict_trials(table, table_keys, model, trials)
+        verification, roc = verify_pairs(table, table_keys, model, valid_pairs)
     metrics = summarize(predictions, verification, cfg.seed)
 
     alphabets = per_alphabet(predictions)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from siamese import cpu
 from siamese.errors import PipelineError
 from siamese.images import read_image_file, to_tensor
 from siamese.model import load_model, resolve_device
@@ -80,7 +81,9 @@ def run(model_path: Path | str, support: Sequence[Path | str], query: Sequence[P
         chosen = resolve_device(device, "siamese classify --device")
         model, meta = load_model(model_path, chosen)
         size = int(meta["image_size"])
-        logits = classify(model, read_images(supports, size), read_images(queries, size), chosen)
+        with cpu.kernels(cpu.trained_with(meta)):
+            logits = classify(model, read_images(supports, size), read_images(queries, size),
+                              chosen)
     table = rank_table(supports, queries, logits)
     table.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     return table

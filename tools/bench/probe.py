@@ -42,7 +42,8 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
     from siamese.scoring import trial_scores
     from tools.bench.trainparts import pair_flops, project_loader, step_runner, train_config
 
-    cfg = train_config(load_params(paths.PARAMS), **(train or {}))
+    chosen = {"cpu_paths": cpu_paths} if cpu_paths else {}
+    cfg = train_config(load_params(paths.PARAMS), **{**chosen, **(train or {})})
     cpu_device = torch.device("cpu")
     data = load_data(cfg, cpu_device)
     generators = np.random.default_rng(0), torch.Generator().manual_seed(0)
@@ -62,7 +63,8 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     step_gflop = images * pair_flops(net, cfg.image_size) / 2 / 1e9
     return {
-        **cpu.describe(cpu_paths or cfg.cpu_paths),
+        **cpu.describe(cfg.cpu_paths),
+        "convolutions": "ATen and MKL" if cfg.cpu_paths == "avx2" else "torch's choice",
         "allocator": allocator,
         "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
         "steps": steps,
@@ -122,7 +124,8 @@ def format_probe(result: dict[str, Any]) -> str:
     return "\n".join([
         f"cpu:        {result['cpu']} ({result['machine']}; {' '.join(result['flags'])})",
         f"paths:      train.cpu_paths {result['cpu_paths']}: {settings}; ATen "
-        f"{result['aten_capability']}; {result['threads']} threads",
+        f"{result['aten_capability']}; convolutions by {result['convolutions']}; "
+        f"{result['threads']} threads",
         f"weights:    {result['weights_sha256']}  (after {result['steps']} steps)",
         f"scores:     {result['scores_sha256']}  (first {PROBE_TRIALS} valid trials)",
         f"speed:      {result['steps_per_s']} steps/s, system time {result['system_share']:.0%} "
