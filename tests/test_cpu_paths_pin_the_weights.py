@@ -5,22 +5,27 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from siamese import cpu
 from tests.stagekit import siamese_command
+from tools.bench.probe import first_difference
 
-# `siamese bench --determinism` on the real data (10 steps): (train overrides, weights sha256,
-# scores sha256). The first is the profile of issue 18 (28x28, no rotations), the second
-# params.yaml's, the committed model's.
+# `siamese bench --determinism` on the real data (10 steps): (profile, train overrides, weights
+# sha256, scores sha256). The first is the profile of issue 18 (28x28, no rotations), the
+# second params.yaml's, the committed model's. pinned_probe_layers.json holds each profile's
+# first step layer by layer (`siamese bench --determinism --json`'s "layers"), to name where a
+# machine that computes other weights parts from these.
 PINNED = [
-    (["--train", "rotations=1", "--train", "image_size=28"],
+    ("issue 18", ["--train", "rotations=1", "--train", "image_size=28"],
      "b626fd67664836786498fd3e1b618fdce835d2c28615aa2a3c966b0ca250fe12",
      "69011f0b89ac85b63ac7a5f7148aee7bfd3468f934dfdeeebe588b7544915aec"),
-    ([], "92fafd8901a0657403552774fbcbc231be518534b8bcd8355b18f13198cd60ae",
+    ("default", [], "92fafd8901a0657403552774fbcbc231be518534b8bcd8355b18f13198cd60ae",
      "2e86103f3c23b40ae6e702f0fbc3f8dfafa3e8cc5f8dcc983b28fc1da5675172"),
 ]
+PINNED_LAYERS = Path(__file__).with_name("pinned_probe_layers.json")
 
 def torch_in_fresh_process(code: str, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -91,17 +96,28 @@ def test_the_allocator_is_tuned_on_glibc():
 
 @pytest.mark.slow
 @pytest.mark.skipif(cpu.unreproducible_reason("avx2") is not None, reason="no AVX2 here")
-@pytest.mark.parametrize(("overrides", "weights", "scores"), PINNED)
-def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root, overrides,
-                                                                   weights, scores):
+@pytest.mark.parametrize(("profile", "overrides", "weights", "scores"), PINNED)
+def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root, profile,
+                                                                   overrides, weights, scores):
     done = subprocess.run([siamese_command(), "bench", "--determinism", "--json", *overrides],
                           cwd=real_data_root, capture_output=True, text=True, env=clean_env())
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout)
     assert probe["settings"] == cpu.PATHS["avx2"] and probe["aten_capability"] == "AVX2"
-    where = f"{probe['cpu']} ({' '.join(probe['flags'])})"
+    parted = first_difference(probe["layers"], json.loads(PINNED_LAYERS.read_text())[profile])
+    where = f"{probe['cpu']} ({' '.join(probe['flags'])}); first to differ: {parted}"
     assert probe["weights_sha256"] == weights, f"other weights on {where}"
     assert probe["scores_sha256"] == scores, f"other scores on {where}"
+    assert parted is None, f"other layer outputs or gradients on {where}"
+
+
+def test_the_first_layer_that_differs_is_named():
+    rows = [{"what": "output", "layer": "features.0 (Conv2d)", "sha256": "a"},
+            {"what": "gradient", "layer": "head.weight", "sha256": "b"}]
+    assert first_difference(rows, rows) is None
+    other = [rows[0], {**rows[1], "sha256": "c"}]
+    assert first_difference(rows, other) == "the gradient of head.weight (first step)"
+    assert "number of layer rows" in first_difference(rows, rows[:1])
 
 
 

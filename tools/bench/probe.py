@@ -9,6 +9,9 @@ setting, to compare their speed: those settings act only before torch loads.
 What is hashed: the weights after `steps` optimiser steps (every state_dict tensor's bytes in
 order, the same form as the probes of the determinism issue), and the scores of that model, in
 eval mode, on the first PROBE_TRIALS valid trials (the scoring path of evaluate and classify).
+And, layer by layer, the first step: each leaf module's output in the order the forward pass
+calls them, then each parameter's gradient. Where two machines compute other weights, the
+first of these rows that differs names the kernel that parted them.
 """
 
 import argparse
@@ -18,6 +21,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from siamese import cpu, paths
@@ -52,7 +57,9 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         step, net = step_runner(cfg, data)
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        for _ in range(steps):
+        with recording_layers(net) as layers:
+            step()
+        for _ in range(steps - 1):
             step()
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
@@ -77,7 +84,45 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         "matmul_peak_gflop_per_s": round(peak, 1),
         "step_gflop_per_s": round(step_gflop * steps / seconds, 1),
         "step_fraction_of_peak": round(step_gflop * steps / seconds / peak, 3),
+        "layers": layers,
     }
+
+
+def tensor_digest(tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+@contextmanager
+def recording_layers(net) -> Iterator[list[dict[str, str]]]:
+    """Within: one training step of `net`. The rows it yields then hold the sha256 of each leaf
+    module's output, in call order (both twins), and of each parameter's gradient."""
+    rows: list[dict[str, str]] = []
+
+    def recorder(name: str):  # the module's name and kind, e.g. "features.0 (Conv2d)"
+        def record(_module: Any, _inputs: Any, output: Any) -> None:
+            rows.append({"what": "output", "layer": name, "sha256": tensor_digest(output)})
+        return record
+
+    leaves = [(name, m) for name, m in net.named_modules() if name and not any(m.children())]
+    handles = [m.register_forward_hook(recorder(f"{name} ({type(m).__name__})"))
+               for name, m in leaves]
+    try:
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows.extend({"what": "gradient", "layer": name, "sha256": tensor_digest(p.grad)}
+                for name, p in net.named_parameters() if p.grad is not None)
+
+
+def first_difference(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> str | None:
+    """The first layer row where two probes part, in words; None where all agree."""
+    for mine, other in zip(ours, theirs, strict=False):
+        if mine != other:
+            return f"the {mine['what']} of {mine['layer']} (first step)"
+    if len(ours) != len(theirs):
+        return f"the number of layer rows ({len(ours)} here, {len(theirs)} there)"
+    return None
 
 
 # (train.cpu_paths, allocator): before this project set either, and each one alone
@@ -132,6 +177,9 @@ def format_probe(result: dict[str, Any]) -> str:
         f"of CPU time; the step at {result['step_gflop_per_s']} GFLOP/s, "
         f"{result['step_fraction_of_peak']:.0%} of the fp32 matrix-multiply peak "
         f"({result['matmul_peak_gflop_per_s']} GFLOP/s)",
+        "first step, layer by layer (--json has all):",
+        *(f"  {row['what']:8} {row['layer']:28} {row['sha256'][:16]}"
+          for row in result["layers"]),
     ])
 
 
