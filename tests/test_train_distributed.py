@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import siamese.episodes
 import tasks.train
 from siamese.config import TrainConfig
-from siamese.distributed import rank_device, setup_distributed
+from siamese.distributed import deterministic, rank_device, setup_distributed
 from siamese.errors import PipelineError
 from siamese.model import build_model, load_model
 from siamese.objectives import EpisodeLoss, lr_at, make_optimizer
@@ -108,9 +108,7 @@ def free_port() -> int:
 def first_step_by_hand(params: dict, batches: list) -> dict:
     """The weights after one step on the average of the ranks' gradients, computed here."""
     cfg = TrainConfig.parse(params)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with deterministic(cfg):  # the threads and convolution kernels the ranks train with
         torch.manual_seed(cfg.seed)
         net = build_model(cfg.arch, cfg.image_size, **cfg.model_options())
         net = net.to(memory_format=torch.channels_last)
@@ -125,8 +123,6 @@ def first_step_by_hand(params: dict, batches: list) -> dict:
         for p, *rank_grads in zip(net.parameters(), *grads, strict=True):
             p.grad = sum(rank_grads) / len(rank_grads)
         optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
     return {k: v.detach() for k, v in net.named_parameters()}
 
 
