@@ -30,12 +30,15 @@ setup: $(VENV)/.installed
 
 # Every package at the version and sha256 that requirements.lock names; pip and setuptools
 # first, so that the one sdist (antlr4-python3-runtime) builds with the locked setuptools.
+# The project itself is installed editable: setuptools' warning that imports then come from
+# the checkout says what is meant, and is silenced.
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-build.lock
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r requirements-build.lock
 	$(BIN)/python -m pip install -q --require-hashes --no-build-isolation $(TORCH_INDEX) \
 		-r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS="ignore:Editable installation" \
+		$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 lock: setup

@@ -52,3 +52,12 @@ def test_a_report_becomes_hashed_pins_and_the_project_itself_is_left_out(tmp_pat
     report["install"].append(entry("vcs", "1", {"url": "git+https://x/y", "vcs_info": {}}))
     with pytest.raises(SystemExit, match="no sha256 for vcs"):
         lockfile.write_locks(report, tmp_path)
+
+
+def test_every_package_of_the_project_is_installed():
+    """A folder with an __init__.py under a listed package, itself unlisted, would be left out of
+    a wheel (setuptools warns at every install)."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {".".join(init.parent.relative_to(REPO).parts)
+             for top in listed if "." not in top for init in (REPO / top).rglob("__init__.py")}
+    assert found == set(listed)
