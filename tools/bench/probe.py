@@ -64,14 +64,14 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         scores = trial_scores(net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS], cpu_device)
+        machine = cpu.describe(cfg.cpu_paths)  # within: the convolution kernels in force
         peak = matmul_peak(torch)
     weights = b"".join(v.detach().cpu().contiguous().numpy().tobytes()
                        for v in net.state_dict().values())
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     step_gflop = images * pair_flops(net, cfg.image_size) / 2 / 1e9
     return {
-        **cpu.describe(cfg.cpu_paths),
-        "convolutions": "ATen and MKL" if cfg.cpu_paths == "avx2" else "torch's choice",
+        **machine,
         "allocator": allocator,
         "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
         "steps": steps,
@@ -169,7 +169,8 @@ def format_probe(result: dict[str, Any]) -> str:
     return "\n".join([
         f"cpu:        {result['cpu']} ({result['machine']}; {' '.join(result['flags'])})",
         f"paths:      train.cpu_paths {result['cpu_paths']}: {settings}; ATen "
-        f"{result['aten_capability']}; convolutions by {result['convolutions']}; "
+        f"{result['aten_capability']}; convolutions by "
+        f"{'oneDNN' if result['onednn_convolutions'] else 'ATen and MKL'}; "
         f"{result['threads']} threads",
         f"weights:    {result['weights_sha256']}  (after {result['steps']} steps)",
         f"scores:     {result['scores_sha256']}  (first {PROBE_TRIALS} valid trials)",
