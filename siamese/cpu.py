@@ -8,17 +8,19 @@ Code paths (train.cpu_paths). The libraries pick their kernels by the CPU they f
 kernel rounds its sums in its own order, so the same seed gives other weights on another CPU:
 - ATen's own kernels (elementwise ops, reductions, the optimiser, im2col): by the instructions,
   `ATEN_CPU_CAPABILITY`;
-- MKL's matrix multiplies: by the instructions and the vendor, `MKL_CBWR` (conditional
-  numerical reproducibility; on AMD CPUs MKL's default path is not even its AVX2 one; STRICT
-  fixes the order of every sum, whatever the data's alignment);
+- MKL's matrix multiplies and vector maths (exp, log): by the instructions and the vendor,
+  `MKL_CBWR` (conditional numerical reproducibility). Its AVX2 branch is the same on every
+  Intel CPU only: on an AMD CPU MKL still chooses other small-matrix and exp/log kernels. Its
+  COMPATIBLE branch (SSE2, without the approximate reciprocals whose bits differ between
+  vendors) is the one Intel documents as the same on every vendor's CPU
+  (docs/reproducibility.md);
 - oneDNN's and NNPACK's convolutions: by the instructions (`ONEDNN_MAX_CPU_ISA`) and by more
-  (their blocking may follow the CPU's cache sizes), which no setting fixes: with all three
-  settings, and with MKL on its vendor-neutral path, an AMD EPYC and an Intel Xeon computed
-  different weights.
-`avx2` pins ATen and MKL to their AVX2 kernels, which every x86-64 CPU since 2013-2015 runs,
-and convolves with ATen's im2col and MKL's matrix multiply instead of oneDNN or NNPACK (the
-thread count is pinned too, train.threads); oneDNN's ISA stays pinned for any other op torch
-hands it. `native` leaves each library to pick the fastest path for the CPU at hand.
+  (their blocking may follow the CPU's cache sizes), which no setting fixes.
+`avx2` pins ATen to its AVX2 kernels, which every x86-64 CPU since 2013-2015 runs, MKL to its
+COMPATIBLE branch, and convolves with ATen's im2col and MKL's matrix multiply instead of oneDNN
+or NNPACK (the thread count is pinned too, train.threads); oneDNN's ISA stays pinned for any
+other op torch hands it. `native` leaves each library to pick the fastest path for the CPU at
+hand.
 
 Allocator. glibc's malloc hands large freed blocks back to the kernel and faults them in again
 on the next step: a third of a training run's CPU time went to the kernel. `tune_allocator`
@@ -36,7 +38,7 @@ from typing import Any
 
 PATHS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_CBWR": "AVX2,STRICT", "MKL_DYNAMIC": "FALSE"},
+             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
     "native": {},
 }
 SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC")

@@ -5,7 +5,7 @@ from siamese.errors import PipelineError
 from siamese.model import build_model, load_model, save_checkpoint
 
 CPU_PATHS = {"cpu_paths": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_CBWR": "AVX2,STRICT", "MKL_DYNAMIC": "FALSE"}
+             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"}
 META = {"step": 7, "valid_accuracy": 0.5, "params_digest": "abc", "cpu_paths": CPU_PATHS}
 
 
