@@ -14,28 +14,34 @@ from tests.synthetic import SYNTHETIC_PARAMS, make_source
 SLOW_FIXTURES = {"real_data_root", "prefect_session", "prefect_api"}
 
 
-PROBE = "test_cpu_paths_pin_the_weights.py::test_determinism_probe"
-probe_outcomes: list[str] = []
+# The tests whose outcomes the summary reports: the evidence, run by run, that one numerical
+# path holds across CPUs (issue 18).
+EVIDENCE = {
+    "test_cpu_paths_pin_the_weights.py::test_determinism_probe": "determinism probe vs the "
+                                                                  "pinned sha256s",
+    "test_cpu_paths_pin_the_weights.py::test_an_emulated_amd": "emulated AMD vs Intel CPU",
+}
+outcomes: dict[str, list[str]] = {what: [] for what in EVIDENCE.values()}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if PROBE in report.nodeid and report.when == "call":
-        probe_outcomes.append(report.outcome)
+    for test, what in EVIDENCE.items():
+        if test in report.nodeid and (report.when == "call" or report.outcome == "skipped"):
+            outcomes[what].append(report.outcome)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The machine the suite ran on, and whether it computed the pinned weights: the evidence,
-    run by run, that one numerical path holds across CPUs (issue 18)."""
+    """The machine the suite ran on, and whether it computed the pinned weights."""
     from siamese import cpu
 
     info = {key.strip(): value.strip() for key, _, value in
             (line.partition(":") for line in cpu.read_cpuinfo().splitlines())}
     family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}"
-    probe = ", ".join(probe_outcomes) or "not run"
+    evidence = "; ".join(f"{what}: {', '.join(seen) or 'not run'}"
+                         for what, seen in outcomes.items())
     terminalreporter.write_line(
-        f"machine: {cpu.cpu_model()} ({family}; {' '.join(cpu.cpu_flags())}); "
-        f"determinism probe vs the pinned sha256s: {probe}")
+        f"machine: {cpu.cpu_model()} ({family}; {' '.join(cpu.cpu_flags())}); {evidence}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@ computes, on this machine, exactly the weights and scores the committed results 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from siamese import cpu
+from siamese.errors import PipelineError
 from tests.stagekit import siamese_command
-from tools.bench.probe import first_difference
+from tools.bench.probe import emulated_probes, first_difference, format_emulated
 
 # `siamese bench --determinism` on the real data (10 steps): (profile, train overrides, weights
 # sha256, scores sha256). The first is the profile of issue 18 (28x28, no rotations), the
@@ -20,10 +22,10 @@ from tools.bench.probe import first_difference
 # machine that computes other weights parts from these.
 PINNED = [
     ("issue 18", ["--train", "rotations=1", "--train", "image_size=28"],
-     "b626fd67664836786498fd3e1b618fdce835d2c28615aa2a3c966b0ca250fe12",
-     "69011f0b89ac85b63ac7a5f7148aee7bfd3468f934dfdeeebe588b7544915aec"),
-    ("default", [], "92fafd8901a0657403552774fbcbc231be518534b8bcd8355b18f13198cd60ae",
-     "2e86103f3c23b40ae6e702f0fbc3f8dfafa3e8cc5f8dcc983b28fc1da5675172"),
+     "2af77390263e4b676cf6e2e7d5dfc4398cc77791123316848ea8bc38972ebfec",
+     "bb9f07ce6f511255fe9d0fab1b507e20ba409f8c64b4c2dd568b4891988f50c6"),
+    ("default", [], "b3cdf7a246a15f8e3906c97439b4d0405dec2ce4d38746518c3ad2bb190b5d75",
+     "d94abfdf259f3e406d7c5e2d144ae7f5364c97ac9eba8371b894e0b15d965d62"),
 ]
 PINNED_LAYERS = Path(__file__).with_name("pinned_probe_layers.json")
 
@@ -109,6 +111,39 @@ def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root
     assert probe["weights_sha256"] == weights, f"other weights on {where}"
     assert probe["scores_sha256"] == scores, f"other scores on {where}"
     assert parted is None, f"other layer outputs or gradients on {where}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
+                    reason="qemu-user not installed (apt-get install qemu-user)")
+def test_an_emulated_amd_and_intel_cpu_compute_the_same_weights(real_data_root):
+    done = subprocess.run([siamese_command(), "bench", "--determinism", "--emulate", "--json"],
+                          cwd=real_data_root, capture_output=True, text=True, env=clean_env())
+    assert done.returncode == 0, done.stderr
+    first, *others = json.loads(done.stdout)
+    assert first["settings"] == cpu.PATHS["avx2"]
+    for other in others:
+        assert (other["weights_sha256"], other["first_difference"]) == (
+            first["weights_sha256"], None), (
+            f"{other['emulated_cpu']} parts from {first['emulated_cpu']} at "
+            f"{other['first_difference'] or 'the optimiser step'}")
+
+
+def test_emulated_runs_say_which_cpu_parted_and_where():
+    rows = [{"emulated_cpu": cpu_model, "cpu_paths": "avx2", "steps": 2, "train_overrides": {},
+             "weights_sha256": digest, "first_difference": parted}
+            for cpu_model, digest, parted in [("EPYC-Milan", "a" * 64, None),
+                                              ("Haswell-v4", "b" * 64,
+                                               "the output of features.0 (Conv2d) (first step)")]]
+    assert "first to differ from EPYC-Milan: the output of features.0" in format_emulated(rows)
+    rows[1].update(weights_sha256="a" * 64, first_difference=None)
+    assert format_emulated(rows).endswith("the same as EPYC-Milan")
+
+
+def test_emulation_without_qemu_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(PipelineError, match="qemu-x86_64 not found .*apt-get install qemu-user"):
+        emulated_probes("avx2")
 
 
 def test_the_first_layer_that_differs_is_named():

@@ -133,14 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="with --determinism: steps (default 10)")
     bench.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                        help="with --determinism: override a train parameter (repeatable)")
+    bench.add_argument("--emulate", action="store_true",
+                       help="with --determinism: a small profile's first steps under qemu-user "
+                            "as an AMD and an Intel CPU, compared layer by layer")
     bench.add_argument("--json", action="store_true", help="with --determinism: as JSON")
     return parser
 
 
-def prepare_process(params_file: Path) -> None:
+def prepare_process(params_file: Path) -> str:
     """The CPU code paths of params_file's train.cpu_paths (the default where the file or the
-    key is missing: the stages report a bad value themselves) and the tuned allocator. Called
-    in-process (a test, a notebook) after torch has loaded, it pins nothing."""
+    key is missing: the stages report a bad value themselves) and the tuned allocator; returns
+    that choice. Called in-process (a test, a notebook) after torch has loaded, it pins
+    nothing."""
     from siamese import cpu
 
     choice = cpu.DEFAULT
@@ -153,11 +157,13 @@ def prepare_process(params_file: Path) -> None:
     cpu.tune_allocator()
     if "torch" not in sys.modules:  # else the libraries have read their settings: pinning now
         cpu.pin_paths(choice)       # would act only in child processes (training says so)
+    return choice
 
 
 def dispatch(args: argparse.Namespace) -> None:
+    cpu_paths = None
     if args.command in (*STAGES, "classify", "bench"):
-        prepare_process(getattr(args, "params", paths.PARAMS))
+        cpu_paths = prepare_process(getattr(args, "params", paths.PARAMS))
     if args.command in STAGES:
         from siamese.config import load_params
 
@@ -204,6 +210,12 @@ def dispatch(args: argparse.Namespace) -> None:
         from tools.frontier import run as write_frontier
 
         print(write_frontier(args.times, args.repo, args.out), end="")
+    elif args.command == "bench" and args.determinism and args.emulate:
+        from siamese.cpu import DEFAULT
+        from tools.bench.probe import EMULATION_STEPS, emulated_probes, format_emulated
+
+        rows = emulated_probes(cpu_paths or DEFAULT, args.steps or EMULATION_STEPS)
+        print(json.dumps(rows) if args.json else format_emulated(rows))
     elif args.command == "bench" and args.determinism:
         from tools.bench.probe import PROBE_STEPS, format_probe, run_probe
 

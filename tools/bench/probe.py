@@ -11,13 +11,16 @@ order, the same form as the probes of the determinism issue), and the scores of 
 eval mode, on the first PROBE_TRIALS valid trials (the scoring path of evaluate and classify).
 And, layer by layer, the first step: each leaf module's output in the order the forward pass
 calls them, then each parameter's gradient. Where two machines compute other weights, the
-first of these rows that differs names the kernel that parted them.
+first of these rows that differs names the kernel that parted them. `emulated_probes` runs the
+first steps of a small episode under qemu-user as an AMD and an Intel CPU, to compare what the
+libraries choose on CPUs this machine is not.
 """
 
 import argparse
 import hashlib
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -57,17 +60,12 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         step, net = step_runner(cfg, data)
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        with recording_layers(net) as layers:
-            step()
-        for _ in range(steps - 1):
-            step()
+        layers = run_steps(step, net, steps)
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         scores = trial_scores(net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS], cpu_device)
         machine = cpu.describe(cfg.cpu_paths)  # within: the convolution kernels in force
         peak = matmul_peak(torch)
-    weights = b"".join(v.detach().cpu().contiguous().numpy().tobytes()
-                       for v in net.state_dict().values())
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     step_gflop = images * pair_flops(net, cfg.image_size) / 2 / 1e9
     return {
@@ -76,7 +74,7 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
         "steps": steps,
         "train_overrides": dict(train or {}),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_sha256": weights_digest(net),
         "scores_sha256": hashlib.sha256(scores.astype("<f4").tobytes()).hexdigest(),
         "steps_per_s": round(steps / seconds, 3),
         "system_share": round(system / max(user + system, 1e-9), 3),
@@ -86,6 +84,41 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         "step_fraction_of_peak": round(step_gflop * steps / seconds / peak, 3),
         "layers": layers,
     }
+
+
+def run_steps(step, net, steps: int) -> list[dict[str, str]]:
+    """`steps` training steps, the first recorded layer by layer (`recording_layers`)."""
+    with recording_layers(net) as layers:
+        step()
+    for _ in range(steps - 1):
+        step()
+    return layers
+
+
+def run_first_steps(steps: int, train: dict[str, Any]) -> dict[str, Any]:
+    """Only the weights and the layers of `run_probe`, for a run under an emulator: no scores,
+    no speed (they would take the emulator an hour)."""
+    import torch
+
+    from siamese.config import load_params
+    from siamese.distributed import deterministic
+    from siamese.episodes import load_data
+    from tools.bench.trainparts import step_runner, train_config
+
+    cfg = train_config(load_params(paths.PARAMS), **train)
+    data = load_data(cfg, torch.device("cpu"))
+    with deterministic(cfg):
+        step, net = step_runner(cfg, data)
+        layers = run_steps(step, net, steps)
+        machine = cpu.describe(cfg.cpu_paths)
+    return {**machine, "steps": steps, "train_overrides": train,
+            "weights_sha256": weights_digest(net), "layers": layers}
+
+
+def weights_digest(net) -> str:
+    """sha256 of every state_dict tensor's bytes in order (the pinned sha256s' form)."""
+    return hashlib.sha256(b"".join(v.detach().cpu().contiguous().numpy().tobytes()
+                                   for v in net.state_dict().values())).hexdigest()
 
 
 def tensor_digest(tensor) -> str:
@@ -151,6 +184,62 @@ def bench_cpu_settings(steps: int) -> dict[str, Any]:
     return out
 
 
+# qemu-user's models of an AMD and an Intel CPU with AVX2 (qemu emulates no AVX-512), and a
+# small episode, so that each emulated run takes about a minute.
+EMULATED_CPUS = ("EPYC-Milan", "Haswell-v4")
+EMULATION_PROFILE = {"episode_alphabets": 1, "episode_characters": 6, "rotations": 1}
+EMULATION_STEPS = 2
+
+
+def emulated_probes(choice: str, steps: int = EMULATION_STEPS) -> list[dict[str, Any]]:
+    """`run_first_steps` of EMULATION_PROFILE with train.cpu_paths `choice`, under qemu-user as
+    each CPU of EMULATED_CPUS (the two at once), each row with the first layer where it parts
+    from the first CPU's. What CPUID tells the libraries (vendor, instructions, caches) is the
+    emulated CPU's, so the kernels they choose are that CPU's; the arithmetic is qemu's, which
+    for some AVX2 kernels is not the hardware's bits, so the runs compare with each other, not
+    with this machine's."""
+    from tools.bench.timing import child_env
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise PipelineError("bench --emulate: qemu-x86_64 not found (Debian and Ubuntu: "
+                            "apt-get install qemu-user)")
+    env = {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
+    train = json.dumps({**EMULATION_PROFILE, "cpu_paths": choice})
+    runs = {model: subprocess.Popen(
+        [qemu, "-cpu", model, sys.executable, "-m", "tools.bench.probe", "--paths", choice,
+         "--allocator", "tuned", "--steps", str(steps), "--first-steps", train],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for model in EMULATED_CPUS}
+    rows = []
+    for model, run in runs.items():
+        out, err = run.communicate()
+        if run.returncode != 0:
+            tail = [line for line in err.splitlines() if "TCG doesn't support" not in line]
+            raise PipelineError(f"bench --emulate: {model} failed ({run.returncode}):\n"
+                                + "\n".join(tail[-20:]))
+        rows.append({"emulated_cpu": model, **json.loads(out)})
+    for row in rows:
+        row["first_difference"] = first_difference(rows[0]["layers"], row["layers"])
+    return rows
+
+
+def format_emulated(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    lines = [f"under qemu-x86_64, train.cpu_paths {first['cpu_paths']}, {first['steps']} steps "
+             f"of {first['train_overrides']}:"]
+    for row in rows:
+        if row is first:
+            verdict = ""
+        elif row["weights_sha256"] == first["weights_sha256"] and not row["first_difference"]:
+            verdict = f"the same as {first['emulated_cpu']}"
+        else:
+            parted = row["first_difference"] or "an optimiser step (every layer row agrees)"
+            verdict = f"first to differ from {first['emulated_cpu']}: {parted}"
+        lines.append(f"  {row['emulated_cpu']:12} weights {row['weights_sha256'][:16]}  {verdict}")
+    return "\n".join(lines)
+
+
 def matmul_peak(torch) -> float:
     """fp32 GFLOP/s of a square matrix multiply on this process's threads (best of 5)."""
     a, b = torch.rand(MATMUL_SIZE, MATMUL_SIZE), torch.rand(MATMUL_SIZE, MATMUL_SIZE)
@@ -190,11 +279,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", choices=tuple(cpu.PATHS), required=True)
     parser.add_argument("--allocator", choices=("tuned", "default"), required=True)
     parser.add_argument("--steps", type=int, default=PROBE_STEPS)
+    parser.add_argument("--first-steps", metavar="TRAIN_JSON",
+                        help="only the weights and layers, of the train overrides given")
     args = parser.parse_args(argv)
     if args.allocator == "tuned":
         cpu.tune_allocator()
     cpu.pin_paths(args.paths)
-    result = run_probe(args.steps, args.paths, args.allocator)
+    if args.first_steps:
+        result = run_first_steps(args.steps, json.loads(args.first_steps))
+    else:
+        result = run_probe(args.steps, args.paths, args.allocator)
     json.dump(result, sys.stdout)
 
 
