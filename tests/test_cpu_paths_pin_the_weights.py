@@ -146,6 +146,13 @@ def test_emulation_without_qemu_is_one_clear_line(monkeypatch):
         emulated_probes("avx2")
 
 
+def test_probe_options_without_determinism_are_one_clear_line(capsys):
+    from tools.cli import main
+
+    assert main(["bench", "--emulate"]) == 1
+    assert "--emulate, --json, --train and --steps go with --determinism" in capsys.readouterr().err
+
+
 def test_the_first_layer_that_differs_is_named():
     rows = [{"what": "output", "layer": "features.0 (Conv2d)", "sha256": "a"},
             {"what": "gradient", "layer": "head.weight", "sha256": "b"}]

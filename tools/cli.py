@@ -161,6 +161,10 @@ def prepare_process(params_file: Path) -> str:
 
 
 def dispatch(args: argparse.Namespace) -> None:
+    if args.command == "bench" and not args.determinism and (
+            args.emulate or args.json or args.train or args.steps):
+        raise PipelineError("bench: --emulate, --json, --train and --steps go with "
+                            "--determinism")
     cpu_paths = None
     if args.command in (*STAGES, "classify", "bench"):
         cpu_paths = prepare_process(getattr(args, "params", paths.PARAMS))
