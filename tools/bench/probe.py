@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from siamese import cpu, paths
@@ -44,79 +45,98 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
     import numpy as np
     import torch
 
-    from siamese.config import load_params
-    from siamese.distributed import deterministic
-    from siamese.episodes import load_data
     from siamese.scoring import trial_scores
-    from tools.bench.trainparts import pair_flops, project_loader, step_runner, train_config
+    from tools.bench.trainparts import pair_flops, project_loader
 
     chosen = {"cpu_paths": cpu_paths} if cpu_paths else {}
-    cfg = train_config(load_params(paths.PARAMS), **{**chosen, **(train or {})})
+    cfg, data = load_profile({**chosen, **(train or {})})
     cpu_device = torch.device("cpu")
-    data = load_data(cfg, cpu_device)
     generators = np.random.default_rng(0), torch.Generator().manual_seed(0)
     images = len(project_loader(cfg, data, *generators, cpu_device)()[0])  # step_runner's first
-    with deterministic(cfg):
-        step, net = step_runner(cfg, data)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        layers = run_steps(step, net, steps)
-        seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        scores = trial_scores(net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS], cpu_device)
-        machine = cpu.describe(cfg.cpu_paths)  # within: the convolution kernels in force
+    with training_steps(cfg, data, steps) as run:
+        scores = trial_scores(run.net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS],
+                              cpu_device)
         peak = matmul_peak(torch)
-    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    step_gflop = images * pair_flops(net, cfg.image_size) / 2 / 1e9
+    user = run.after.ru_utime - run.before.ru_utime
+    system = run.after.ru_stime - run.before.ru_stime
+    step_gflop = images * pair_flops(run.net, cfg.image_size) / 2 / 1e9
     return {
-        **machine,
+        **run.machine,
         "allocator": allocator,
         "threads": torch.get_num_threads() if cfg.threads == 0 else cfg.threads,
         "steps": steps,
         "train_overrides": dict(train or {}),
-        "weights_sha256": weights_digest(net),
+        "weights_sha256": weights_digest(run.net),
         "scores_sha256": hashlib.sha256(scores.astype("<f4").tobytes()).hexdigest(),
-        "steps_per_s": round(steps / seconds, 3),
+        "steps_per_s": round(steps / run.seconds, 3),
         "system_share": round(system / max(user + system, 1e-9), 3),
-        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "minor_faults": run.after.ru_minflt - run.before.ru_minflt,
         "matmul_peak_gflop_per_s": round(peak, 1),
-        "step_gflop_per_s": round(step_gflop * steps / seconds, 1),
-        "step_fraction_of_peak": round(step_gflop * steps / seconds / peak, 3),
-        "layers": layers,
+        "step_gflop_per_s": round(step_gflop * steps / run.seconds, 1),
+        "step_fraction_of_peak": round(step_gflop * steps / run.seconds / peak, 3),
+        "layers": run.layers,
     }
-
-
-def run_steps(step, net, steps: int) -> list[dict[str, str]]:
-    """`steps` training steps, the first recorded layer by layer (`recording_layers`)."""
-    with recording_layers(net) as layers:
-        step()
-    for _ in range(steps - 1):
-        step()
-    return layers
 
 
 def run_first_steps(steps: int, train: dict[str, Any]) -> dict[str, Any]:
     """Only the weights and the layers of `run_probe`, for a run under an emulator: no scores,
     no speed (they would take the emulator an hour)."""
+    cfg, data = load_profile(train)
+    with training_steps(cfg, data, steps) as run:
+        pass
+    return {**run.machine, "steps": steps, "train_overrides": train,
+            "weights_sha256": weights_digest(run.net), "layers": run.layers}
+
+
+def load_profile(train: dict[str, Any]) -> tuple[Any, Any]:
+    """params.yaml's training profile, with `train`'s keys overriding its train section, and
+    its data on the CPU."""
     import torch
 
     from siamese.config import load_params
-    from siamese.distributed import deterministic
     from siamese.episodes import load_data
-    from tools.bench.trainparts import step_runner, train_config
+    from tools.bench.trainparts import train_config
 
     cfg = train_config(load_params(paths.PARAMS), **train)
-    data = load_data(cfg, torch.device("cpu"))
+    return cfg, load_data(cfg, torch.device("cpu"))
+
+
+@dataclass
+class Steps:
+    """What `training_steps` ran: the model after them, the first step's layer rows
+    (`recording_layers`), the machine and settings in force, their time and resource usage."""
+    net: Any
+    layers: list[dict[str, str]]
+    machine: dict[str, Any]
+    seconds: float
+    before: resource.struct_rusage
+    after: resource.struct_rusage
+
+
+@contextmanager
+def training_steps(cfg: Any, data: Any, steps: int) -> Iterator[Steps]:
+    """`steps` training steps of the profile, timed; within, still under its deterministic
+    settings and convolution kernels (siamese.distributed.deterministic), what they trained."""
+    from siamese.distributed import deterministic
+    from tools.bench.trainparts import step_runner
+
     with deterministic(cfg):
         step, net = step_runner(cfg, data)
-        layers = run_steps(step, net, steps)
-        machine = cpu.describe(cfg.cpu_paths)
-    return {**machine, "steps": steps, "train_overrides": train,
-            "weights_sha256": weights_digest(net), "layers": layers}
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        with recording_layers(net) as layers:
+            step()
+        for _ in range(steps - 1):
+            step()
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        yield Steps(net, layers, cpu.describe(cfg.cpu_paths), seconds, before, after)
 
 
 def weights_digest(net) -> str:
-    """sha256 of every state_dict tensor's bytes in order (the pinned sha256s' form)."""
+    """sha256 of every state_dict tensor's bytes in order: the form of the pinned sha256s and
+    of the determinism issue's table, which siamese.model.weights_digest (names, dtypes and
+    shapes too) would not compare with."""
     return hashlib.sha256(b"".join(v.detach().cpu().contiguous().numpy().tobytes()
                                    for v in net.state_dict().values())).hexdigest()
 
