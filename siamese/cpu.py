@@ -8,11 +8,11 @@ Code paths (train.cpu_paths). The libraries pick their kernels by the CPU they f
 kernel rounds its sums in its own order, so the same seed gives other weights on another CPU:
 - ATen's own kernels (elementwise ops, reductions, the optimiser, im2col): by the instructions,
   `ATEN_CPU_CAPABILITY`;
-- MKL's matrix multiplies and vector maths (exp, log): by the instructions and the vendor,
+- MKL's matrix multiplies and vector maths (exp, log, sqrt): by the instructions and the vendor,
   `MKL_CBWR` (conditional numerical reproducibility). Its AVX2 branch is the same on every
-  Intel CPU only: on an AMD CPU MKL still chooses other small-matrix and exp/log kernels. Its
-  COMPATIBLE branch (SSE2, without the approximate reciprocals whose bits differ between
-  vendors) is the one Intel documents as the same on every vendor's CPU
+  Intel CPU only: on an AMD CPU MKL still chooses other small-matrix, exp, log and sqrt
+  kernels. Its COMPATIBLE branch (SSE2, without the approximate reciprocals whose bits differ
+  between vendors) is the one Intel documents as the same on every vendor's CPU
   (docs/reproducibility.md);
 - oneDNN's and NNPACK's convolutions: by the instructions (`ONEDNN_MAX_CPU_ISA`) and by more
   (their blocking may follow the CPU's cache sizes), which no setting fixes.
