@@ -129,6 +129,27 @@ def test_an_emulated_amd_and_intel_cpu_compute_the_same_weights(real_data_root):
             f"{other['first_difference'] or 'the optimiser step'}")
 
 
+@pytest.mark.slow
+def test_emulated_runs_take_the_train_overrides_and_steps(real_data_root, tmp_path):
+    # a stand-in for qemu-x86_64 that drops `-cpu MODEL` and runs the probe on this CPU
+    fake = tmp_path / "bin" / "qemu-x86_64"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nshift 2\nexec "$@"\n')
+    fake.chmod(0o755)
+    env = {**clean_env(), "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([siamese_command(), "bench", "--determinism", "--emulate", "--json",
+                           "--steps", "1", "--train", "episode_characters=3"],
+                          cwd=real_data_root, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["emulated_cpu"] for row in rows] == ["EPYC-Milan", "Haswell-v4"]
+    for row in rows:
+        assert row["steps"] == 1
+        assert row["train_overrides"] == {"episode_alphabets": 1, "episode_characters": 3,
+                                          "rotations": 1, "cpu_paths": "avx2"}
+    assert rows[1]["weights_sha256"] == rows[0]["weights_sha256"]
+
+
 def test_emulated_runs_say_which_cpu_parted_and_where():
     rows = [{"emulated_cpu": cpu_model, "cpu_paths": "avx2", "steps": 2, "train_overrides": {},
              "weights_sha256": digest, "first_difference": parted}

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "profile, print the weights' and scores' sha256 with the CPU and settings")
     bench.add_argument("--steps", type=int, help="with --determinism: steps (default 10)")
     bench.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
-                       help="with --determinism: override a train parameter (repeatable)")
+                       help="with --determinism: override a train parameter (repeatable; "
+                            "with --emulate, of the small profile)")
     bench.add_argument("--emulate", action="store_true",
                        help="with --determinism: a small profile's first steps under qemu-user "
                             "as an AMD and an Intel CPU, compared layer by layer")
@@ -218,7 +219,8 @@ def dispatch(args: argparse.Namespace) -> None:
         from siamese.cpu import DEFAULT
         from tools.bench.probe import EMULATION_STEPS, emulated_probes, format_emulated
 
-        rows = emulated_probes(cpu_paths or DEFAULT, args.steps or EMULATION_STEPS)
+        rows = emulated_probes(cpu_paths or DEFAULT, args.steps or EMULATION_STEPS,
+                              overrides(args.train))
         print(json.dumps(rows) if args.json else format_emulated(rows))
     elif args.command == "bench" and args.determinism:
         from tools.bench.probe import PROBE_STEPS, format_probe, run_probe

@@ -211,8 +211,10 @@ EMULATION_PROFILE = {"episode_alphabets": 1, "episode_characters": 6, "rotations
 EMULATION_STEPS = 2
 
 
-def emulated_probes(choice: str, steps: int = EMULATION_STEPS) -> list[dict[str, Any]]:
-    """`run_first_steps` of EMULATION_PROFILE with train.cpu_paths `choice`, under qemu-user as
+def emulated_probes(choice: str, steps: int = EMULATION_STEPS,
+                    train: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`run_first_steps` of EMULATION_PROFILE (`train` overriding its keys) with train.cpu_paths
+    `choice`, under qemu-user as
     each CPU of EMULATED_CPUS (the two at once), each row with the first layer where it parts
     from the first CPU's. What CPUID tells the libraries (vendor, instructions, caches) is the
     emulated CPU's, so the kernels they choose are that CPU's; the arithmetic is qemu's, which
@@ -225,10 +227,11 @@ def emulated_probes(choice: str, steps: int = EMULATION_STEPS) -> list[dict[str,
         raise PipelineError("bench --emulate: qemu-x86_64 not found (Debian and Ubuntu: "
                             "apt-get install qemu-user)")
     env = {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
-    train = json.dumps({**EMULATION_PROFILE, "cpu_paths": choice})
+    profile = {**EMULATION_PROFILE, "cpu_paths": choice, **(train or {})}
     runs = {model: subprocess.Popen(
-        [qemu, "-cpu", model, sys.executable, "-m", "tools.bench.probe", "--paths", choice,
-         "--allocator", "tuned", "--steps", str(steps), "--first-steps", train],
+        [qemu, "-cpu", model, sys.executable, "-m", "tools.bench.probe",
+         "--paths", profile["cpu_paths"],
+         "--allocator", "tuned", "--steps", str(steps), "--first-steps", json.dumps(profile)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for model in EMULATED_CPUS}
     rows = []
