@@ -214,12 +214,12 @@ EMULATION_STEPS = 2
 def emulated_probes(choice: str, steps: int = EMULATION_STEPS,
                     train: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """`run_first_steps` of EMULATION_PROFILE (`train` overriding its keys) with train.cpu_paths
-    `choice`, under qemu-user as
-    each CPU of EMULATED_CPUS (the two at once), each row with the first layer where it parts
-    from the first CPU's. What CPUID tells the libraries (vendor, instructions, caches) is the
-    emulated CPU's, so the kernels they choose are that CPU's; the arithmetic is qemu's, which
-    for some AVX2 kernels is not the hardware's bits, so the runs compare with each other, not
-    with this machine's."""
+    `choice`, under qemu-user as each CPU of EMULATED_CPUS (the two at once), each row with the
+    first layer where it parts from the first CPU's (its `cpu` and `flags` are the host's:
+    qemu-user passes /proc/cpuinfo through). What CPUID tells the libraries (vendor,
+    instructions, caches) is the emulated CPU's, so the kernels they choose are that CPU's; the
+    arithmetic is qemu's, which for some AVX2 kernels is not the hardware's bits, so the runs
+    compare with each other, not with this machine's."""
     from tools.bench.timing import child_env
 
     qemu = shutil.which("qemu-x86_64")
