@@ -57,8 +57,6 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         scores = trial_scores(run.net.eval(), data.images, data.valid.iloc[:PROBE_TRIALS],
                               cpu_device)
         peak = matmul_peak(torch)
-    user = run.after.ru_utime - run.before.ru_utime
-    system = run.after.ru_stime - run.before.ru_stime
     step_gflop = images * pair_flops(run.net, cfg.image_size) / 2 / 1e9
     return {
         **run.machine,
@@ -69,8 +67,8 @@ def run_probe(steps: int = PROBE_STEPS, cpu_paths: str | None = None,
         "weights_sha256": weights_digest(run.net),
         "scores_sha256": hashlib.sha256(scores.astype("<f4").tobytes()).hexdigest(),
         "steps_per_s": round(steps / run.seconds, 3),
-        "system_share": round(system / max(user + system, 1e-9), 3),
-        "minor_faults": run.after.ru_minflt - run.before.ru_minflt,
+        "system_share": round(run.system_s / max(run.user_s + run.system_s, 1e-9), 3),
+        "minor_faults": run.minor_faults,
         "matmul_peak_gflop_per_s": round(peak, 1),
         "step_gflop_per_s": round(step_gflop * steps / run.seconds, 1),
         "step_fraction_of_peak": round(step_gflop * steps / run.seconds / peak, 3),
@@ -104,13 +102,15 @@ def load_profile(train: dict[str, Any]) -> tuple[Any, Any]:
 @dataclass
 class Steps:
     """What `training_steps` ran: the model after them, the first step's layer rows
-    (`recording_layers`), the machine and settings in force, their time and resource usage."""
+    (`recording_layers`), the machine and settings in force, and what the steps took: wall
+    seconds, user and system CPU seconds, minor page faults."""
     net: Any
     layers: list[dict[str, str]]
     machine: dict[str, Any]
     seconds: float
-    before: resource.struct_rusage
-    after: resource.struct_rusage
+    user_s: float
+    system_s: float
+    minor_faults: int
 
 
 @contextmanager
@@ -130,7 +130,9 @@ def training_steps(cfg: Any, data: Any, steps: int) -> Iterator[Steps]:
             step()
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
-        yield Steps(net, layers, cpu.describe(cfg.cpu_paths), seconds, before, after)
+        yield Steps(net, layers, cpu.describe(cfg.cpu_paths), seconds,
+                    after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                    after.ru_minflt - before.ru_minflt)
 
 
 def weights_digest(net) -> str:
@@ -178,6 +180,20 @@ def first_difference(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -
     return None
 
 
+def probe_command(paths_choice: str, allocator: str, steps: int, *extra: str) -> list[str]:
+    """`main` below in a fresh process, which sets the paths and allocator before torch loads."""
+    return [sys.executable, "-m", "tools.bench.probe", "--paths", paths_choice,
+            "--allocator", allocator, "--steps", str(steps), *extra]
+
+
+def probe_env() -> dict[str, str]:
+    """The environment of a probe's process: without this process's own pins, which `native`
+    would otherwise inherit."""
+    from tools.bench.timing import child_env
+
+    return {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
+
+
 # (train.cpu_paths, allocator): before this project set either, and each one alone
 CPU_SETTINGS = (("native", "default"), ("native", "tuned"), ("avx2", "default"), ("avx2", "tuned"))
 
@@ -185,15 +201,10 @@ CPU_SETTINGS = (("native", "default"), ("native", "tuned"), ("avx2", "default"),
 def bench_cpu_settings(steps: int) -> dict[str, Any]:
     """The probe in a fresh process per setting of CPU_SETTINGS, `steps` steps each; the speed
     ratios of the project's setting (avx2, tuned) to the others."""
-    from tools.bench.timing import child_env
-
     out: dict[str, Any] = {}
-    # without this process's own pins, which `native` would otherwise inherit
-    env = {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
     for paths_choice, allocator in CPU_SETTINGS:
-        cmd = [sys.executable, "-m", "tools.bench.probe", "--paths", paths_choice,
-               "--allocator", allocator, "--steps", str(steps)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cmd = probe_command(paths_choice, allocator, steps)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=probe_env())
         if done.returncode != 0:
             raise PipelineError(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n"
                                 f"{done.stderr[-2000:]}")
@@ -220,20 +231,16 @@ def emulated_probes(choice: str, steps: int = EMULATION_STEPS,
     instructions, caches) is the emulated CPU's, so the kernels they choose are that CPU's; the
     arithmetic is qemu's, which for some AVX2 kernels is not the hardware's bits, so the runs
     compare with each other, not with this machine's."""
-    from tools.bench.timing import child_env
-
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         raise PipelineError("bench --emulate: qemu-x86_64 not found (Debian and Ubuntu: "
                             "apt-get install qemu-user)")
-    env = {k: v for k, v in child_env().items() if k not in cpu.SETTINGS}
     profile = {**EMULATION_PROFILE, "cpu_paths": choice, **(train or {})}
-    runs = {model: subprocess.Popen(
-        [qemu, "-cpu", model, sys.executable, "-m", "tools.bench.probe",
-         "--paths", profile["cpu_paths"],
-         "--allocator", "tuned", "--steps", str(steps), "--first-steps", json.dumps(profile)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for model in EMULATED_CPUS}
+    cmd = probe_command(profile["cpu_paths"], "tuned", steps, "--first-steps",
+                        json.dumps(profile))
+    runs = {model: subprocess.Popen([qemu, "-cpu", model, *cmd], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=probe_env())
+            for model in EMULATED_CPUS}
     rows = []
     for model, run in runs.items():
         out, err = run.communicate()
