@@ -29,6 +29,7 @@ from prefect.states import Failed, State
 from flows import remote
 from flows.dvcstages import dvc, run_logged
 from flows.guard import checkout_slot
+from flows.report import PAGE, read_all
 from flows.server import check_api
 from flows.sweep import (
     check_metrics_tracked,
@@ -194,10 +195,12 @@ def sweep_points(sweep: str) -> list[Point]:
     """The flow runs of sweep `sweep` on the server, in the grid's order."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG + sweep])))
+    tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG + sweep]))
+    with get_client(sync_client=True) as client:  # page by page: the server caps a read
+        runs = read_all(lambda offset: client.read_flow_runs(
+            flow_run_filter=tagged, sort=FlowRunSort.ID_DESC, limit=PAGE, offset=offset))
     points = [Point(run.parameters["name"], list(run.parameters["overrides"]),
                     run.parameters["rev"], run.state.type.value if run.state else "UNKNOWN",
                     (run.state.message or "") if run.state else "") for run in runs]

@@ -46,29 +46,52 @@ def experiment_rows(repo: Path, times: dict[str, float]) -> list[dict[str, Any]]
     """One row per named experiment with a time: its setting, budget and accuracies."""
     import dvc.api
 
-    rows = []
-    for exp in dvc.api.exp_show(repo=str(repo), revs=baselines(repo, set(times)) or None):
-        name = exp.get("Experiment")
-        if name not in times:
-            continue
-        row = {"experiment": name, "cpu_minutes": round(times[name] / 60, 1)}
-        row.update({key: exp.get(key) for key in COLUMNS if key not in row})
-        rows.append(row)
-    missing = sorted(set(times) - {r["experiment"] for r in rows})
+    commits = experiment_commits(repo, set(times))
+    baselines = sorted({baseline for baseline, _ in commits.values()})
+    rows: dict[str, dict[str, Any]] = {}
+    for exp in dvc.api.exp_show(repo=str(repo), revs=baselines or None):
+        name = times_name(exp, commits)
+        if name is not None:
+            rows[name] = {"experiment": short_name(name), "cpu_minutes": round(times[name] / 60, 1)}
+            rows[name].update({key: exp.get(key) for key in COLUMNS if key not in rows[name]})
+    missing = sorted(set(times) - set(rows))
     if missing:
         raise PipelineError(f"no DVC experiment named {', '.join(missing)} in {repo}")
-    return sorted(rows, key=lambda r: (setting(r), r["train.steps"], r["train.seed"]))
+    return sorted(rows.values(), key=lambda r: (setting(r), r["train.steps"], r["train.seed"]))
 
 
-def baselines(repo: Path, names: set[str]) -> list[str]:
-    """The commits the named experiments were run from (refs/exps/AB/CDEF.../NAME), so that
-    experiments of earlier baselines are read too."""
-    import subprocess
+def experiment_commits(repo: Path, names: set[str]) -> dict[str, tuple[str, str]]:
+    """name -> (its baseline commit, its own commit), for the named experiments found.
 
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
-                          capture_output=True, text=True).stdout.split()
-    found = {"".join(ref.split("/")[2:4]) for ref in refs if ref.rsplit("/", 1)[-1] in names}
-    return sorted(found)
+    A name resolves as `dvc exp apply NAME` resolves it: the one experiment of that name, or
+    of several (one per baseline it was run from) the one of HEAD's baseline; any other name
+    must be a full ref (refs/exps/AB/CDEF.../NAME). Experiments of earlier baselines are read
+    too, but never two of one name: their seeds would be averaged together."""
+    from dvc.repo import Repo
+    from dvc.repo.experiments.exceptions import AmbiguousExpRefInfo
+    from dvc.repo.experiments.utils import resolve_name
+
+    with Repo(str(repo)) as dvc_repo:
+        try:
+            refs = resolve_name(dvc_repo.scm, sorted(names))
+        except AmbiguousExpRefInfo as e:
+            raise PipelineError(f"{' '.join(str(e).split())} (in the times file)") from None
+        commits = {name: (ref.baseline_sha, dvc_repo.scm.get_ref(str(ref)))
+                   for name, ref in refs.items() if ref is not None}
+    return {name: (baseline, commit) for name, (baseline, commit) in commits.items() if commit}
+
+
+def times_name(exp: dict[str, Any], commits: dict[str, tuple[str, str]]) -> str | None:
+    """The name in the times file that resolved to the experiment of `exp` (a row of
+    `dvc.api.exp_show`, whose rev is its commit, shortened), if one did."""
+    rev = exp.get("rev") or "-"
+    return next((name for name, (_, commit) in commits.items()
+                 if exp.get("Experiment") == short_name(name) and commit.startswith(rev)), None)
+
+
+def short_name(name: str) -> str:
+    """An experiment's name, from its name or its full ref (refs/exps/AB/CDEF.../NAME)."""
+    return name.rsplit("/", 1)[-1]
 
 
 def setting(row: dict[str, Any]) -> str:
