@@ -138,7 +138,11 @@ def check_params(path: Path | str = paths.PARAMS) -> None:
     """Every section of params.yaml read and checked as its stage will read it, so that a
     typo stops a run before DVC touches anything (DVC removes a stage's outputs before it
     runs the stage's command, and that is where the stage would find the typo)."""
-    params = load_params(path)
+    check_sections(load_params(path))
+
+
+def check_sections(params: dict[str, Any]) -> None:
+    """Every section of `params` parsed and checked; unknown sections and keys refused."""
     for config in Section.__subclasses__():
         config.parse(params)
 

@@ -11,6 +11,7 @@ from siamese.errors import PipelineError
 from siamese.lockcheck import check_input
 
 PARAMS = Path("params.yaml")
+PARAMS_CHECKED = Path("data/params.checked")  # the params stage's output: params.yaml is valid
 RAW = Path("data/raw")  # the three verified zips, named in siamese/zips.py
 MANIFESTS = Path("data/manifests")
 IMAGES = MANIFESTS / "images.parquet"

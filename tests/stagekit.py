@@ -21,7 +21,8 @@ from tests.synthetic import write_zip
 
 # The real Omniglot zips, read-only (the `shared_data` fixture).
 SHARED_DATA = Path(os.environ.get("OMNIGLOT_SHARED", REPO.parent / "shared" / "data" / "omniglot"))
-DATA_STAGES = ("fetch", "index", "split", "pairs", "trials")
+# params first: dvc.yaml's first stage, whose output every other stage depends on
+DATA_STAGES = ("params", "fetch", "index", "split", "pairs", "trials")
 
 
 def siamese_command() -> str:

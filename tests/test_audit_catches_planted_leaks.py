@@ -175,7 +175,7 @@ def test_on_leak_fail_stops_the_pipeline_flow_before_training(planted, synthetic
                                             f"{planted['copy']} .* = test image"):
         run_pipeline(repo=root)
     tasks, _, _ = flow_run_records(latest_flow_run_id())
-    assert sorted(tasks) == ["audit", "fetch", "index", "split"]
+    assert sorted(tasks) == ["audit", "fetch", "index", "params", "split"]
     assert tasks["audit"].state.is_failed()
     assert tasks["split"].state.is_completed() and (root / paths.SPLIT).exists()
     assert not (root / paths.MODEL).exists()  # pairs, trials, train, evaluate never started

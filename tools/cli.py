@@ -17,6 +17,8 @@ from siamese import paths
 from siamese.errors import PipelineError
 
 STAGES = {
+    "params": "check every section of params.yaml (the first stage: a typo stops dvc repro "
+              "before any output is removed)",
     "fetch": "download or copy the Omniglot zips, verify their checksums, unpack them",
     "index": "index the images into Parquet manifests and pack their pixels",
     "split": "assign each image a role: train, valid, holdout or test",

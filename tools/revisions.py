@@ -168,10 +168,12 @@ def stage_deps(root: Path, commit: str) -> dict[str, list[str]]:
 
 
 def code_changed(root: Path, a: str, b: str) -> list[dict[str, Any]]:
-    """Files that differ between the revisions and that a stage depends on."""
+    """Files that differ between the revisions and that a stage depends on (params.yaml, the
+    params stage's dep, aside: its changes are the diff's parameters)."""
     deps = stage_deps(root, a)
     for dep, names in stage_deps(root, b).items():
         deps[dep] = sorted(set(deps.get(dep, [])) | set(names))
+    deps.pop(paths.PARAMS.as_posix(), None)
     files = git(root, "diff", "--name-only", "--no-renames", a, b).stdout.split()
     rows = []
     for file in files:
