@@ -41,8 +41,9 @@ from flows.sweep import (
     set_args,
     store_table,
 )
-from flows.worker import changed_files, git
+from flows.worker import git
 from siamese.errors import PipelineError
+from siamese.provenance import changed_files
 
 POINT_FLOW = "omniglot-sweep-point"
 TAG = "omniglot-sweep:"  # + the sweep's name: the tag of its flow runs
@@ -68,11 +69,12 @@ def check_points(root: Path, points: list[list[str]]) -> None:
 
 def committed_revision(root: Path) -> str:
     """HEAD, once the tracked files are as committed: workers run the commit, not this tree."""
+    head = git(root, "rev-parse", "HEAD").strip()
     changed = changed_files(root)
     if changed:
         raise PipelineError(f"{root}: uncommitted changes to {', '.join(changed[:3])}: the "
                             "workers run the sweep from a commit; commit (and push) them first")
-    return git(root, "rev-parse", "HEAD").strip()
+    return head
 
 
 def server_url() -> str:

@@ -10,9 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from siamese.errors import PipelineError
+from siamese.provenance import changed_files
 
 VARIABLE = "SIAMESE_REPO"
 
@@ -23,25 +22,6 @@ def git(root: Path, *args: str) -> str:
         raise PipelineError(f"{VARIABLE}={root}: not a git checkout of the project "
                             f"({done.stderr.strip().splitlines()[-1]})")
     return done.stdout
-
-
-def pipeline_writes(root: Path) -> set[str]:
-    """The paths the pipeline itself writes, git-tracked or not: dvc.lock and every output,
-    metric and plot of dvc.yaml (a run changes them; that is not a dirty checkout)."""
-    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
-    paths = {"dvc.lock"}
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            paths |= {next(iter(o)) if isinstance(o, dict) else o for o in stage.get(kind, [])}
-    return paths
-
-
-def changed_files(root: Path) -> list[str]:
-    """Tracked files that differ from HEAD, except what the pipeline writes."""
-    listed = git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
-    written = pipeline_writes(root)
-    changed = [line[3:] for line in listed]
-    return [p for p in changed if not any(p == w or p.startswith(f"{w}/") for w in written)]
 
 
 def checked_checkout(variable: str) -> Path:
