@@ -1,6 +1,7 @@
 """`siamese pull` / `siamese push` with the default DVC remote, on the tiny four-stage project:
 no remote, a remote that holds everything, one that lacks or corrupts an object, one that is
-wrong or unreachable, a pull interrupted halfway, and DVC's lock held by another process."""
+wrong, unreachable or not permitted (as root too), a pull interrupted halfway, and DVC's lock
+held by another process."""
 
 import hashlib
 import os
@@ -170,15 +171,28 @@ def test_a_wrong_or_unreachable_remote_fails_naming_it_and_changes_nothing(clone
     assert "up to date" in run(["dvc", "status"], root).stdout
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any folder")
+# Root reads any folder through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: as root (CI), the
+# command runs without them, so that a folder of mode 0 denies it too.
+WITHOUT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                    "--inh-caps=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
 def test_a_remote_without_permission_fails_naming_it(clone):
+    """Mode 0: pull cannot read it; mode 0o555 (read-only): push cannot write to it."""
     root, storage = clone
-    storage.chmod(0)
-    try:
-        done = siamese(root, "pull")
-    finally:
-        storage.chmod(0o755)
-    assert done.returncode == 1 and "no permission to read" in done.stderr
+    for mode, action, what in ((0, "pull", "read"), (0o555, "push", "write")):
+        storage.chmod(mode)
+        try:
+            probe = run([*WITHOUT_OVERRIDE, "test", "-w" if mode else "-r", str(storage)], root,
+                        check=False)
+            done = run([*WITHOUT_OVERRIDE, str(BIN / "siamese"), action], root, check=False)
+        finally:
+            storage.chmod(0o755)
+        assert probe.returncode != 0, f"{oct(mode)}: the fault did not happen"
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines() == [
+            f"siamese {action}: error: DVC remote 'storage' ({storage}): no permission to {what} "
+            f"{storage}"]
 
 
 def test_a_held_dvc_lock_is_named_and_a_retry_completes(clone):
