@@ -1,0 +1,57 @@
+"""`siamese verify` never runs beside a stage: a running `dvc repro` holds DVC's repo lock
+(.dvc/tmp/lock) except while a stage's command runs, and through that command DVC's rwlock on
+the stage's outputs; verify takes both, so it meets one or the other and says so in one line,
+touching nothing (issue 29, item 3). The flow's pre-stage verify does the same."""
+
+import re
+
+import pytest
+
+from tests.verifykit import BIN, background, sh, wait_for, waiting_project
+
+SIAMESE = str(BIN / "siamese")
+SEED_5 = "the model of seed 5"
+
+
+@pytest.fixture
+def running(tmp_path):
+    """A project whose stage is running under `dvc repro` with a new seed, its new model.txt
+    written; (the project, the repro). The stage ends when the test writes `go`."""
+    project = waiting_project(tmp_path / "project")
+    (project / "params.yaml").write_text("seed: 5\n")
+    repro = background(project, "dvc", "repro")
+    wait_for(project / "started", repro)
+    yield project, repro
+    (project / "go").write_text("")
+    repro.wait(timeout=60)
+
+
+def test_verify_beside_a_running_dvc_repro_says_so_and_touches_nothing(running):
+    project, repro = running
+    done = sh(project, SIAMESE, "verify", check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert re.fullmatch(
+        rf"siamese verify: error: {re.escape(str(project))}: a DVC stage is running \(pid "
+        rf"{repro.pid}: \S*dvc repro\); verify never checks outputs while a stage writes them: "
+        r"rerun when it ends\n", done.stderr), done.stderr
+    assert (project / "model.txt").read_text() == SEED_5
+    (project / "go").write_text("")
+    assert repro.wait(timeout=60) == 0, repro.communicate()[0]
+    md5 = sh(project, "dvc", "status").stdout
+    assert "up to date" in md5
+    assert (project / "model.txt").read_text() == SEED_5  # what dvc.lock records with seed 5
+    after = sh(project, SIAMESE, "verify")
+    assert after.stdout == "verify: workspace: 1 good; cache: 1 good\n"
+
+
+@pytest.mark.slow
+def test_the_flows_verify_beside_a_running_dvc_repro_ends_the_run_in_one_line(
+        running, request):
+    request.getfixturevalue("prefect_session")
+    from flows.pipeline import run_pipeline
+    from siamese.errors import PipelineError
+
+    project, repro = running
+    with pytest.raises(PipelineError, match=r"a DVC stage is running \(pid \d+: .*dvc repro\)"):
+        run_pipeline(repo=project)
+    assert (project / "model.txt").read_text() == SEED_5
