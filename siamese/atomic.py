@@ -9,12 +9,16 @@ A stage that writes several files replaces each atomically, not all of them at o
 Temporaries carry the writer's process id (`.NAME.tmp-PID-*`; no dot after NAME's own,
 since torch.save names its archive's folder after the file name up to its last dot): the next
 write of NAME removes those of processes no longer running, so a killed run leaves nothing
-behind for long. A disk that fills during a write is one line naming the file, the bytes needed
-and the bytes free, and the previous file stays.
+behind for long. A disk that fills during a write (or while the temporary is made) is one
+line naming the file, the bytes needed and the bytes free once the temporary is gone, and what
+is kept: the previous file, or none (`dvc repro` removes a stage's outputs before it runs it).
+torch.save says only "file write failed": a write that fails otherwise is taken for a full
+disk when the temporary's file system refuses a probe write too.
 """
 
 import errno
 import glob
+import io
 import json
 import os
 import re
@@ -30,25 +34,24 @@ import pandas as pd
 
 from siamese.errors import PipelineError
 
-NEEDED = re.compile(r"(\d+) bytes")
+PROBE_BYTES = 1 << 16  # more than a block: a full file system refuses some of it
 
 
 @contextmanager
-def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(target: Path | str, *, is_dir: bool = False,
+                needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it onto `target`.
 
-    On any exception the temporary file or folder is removed and `target` is untouched.
+    On any exception the temporary file or folder is removed and `target` is untouched; a
+    full disk is a PipelineError that says so (`needed`: the bytes the write takes, if known).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
-    prefix = f".{target.name}.tmp-{os.getpid()}-"
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        tmp = make_temporary(target, is_dir)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full(target, needed, 0) from None
+        raise
     try:
         yield tmp
         tmp.chmod(0o755 if is_dir else 0o644)
@@ -56,15 +59,54 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
             replace_dir(tmp, target)
         else:
             os.replace(tmp, target)
-    except OSError as e:
-        if e.errno == errno.ENOSPC or "free space" in str(e):
-            raise disk_full(target, e) from None
-        raise
+    except Exception as e:
+        written = size_of(tmp)  # before a probe adds to it
+        if not (isinstance(e, OSError) and e.errno == errno.ENOSPC or refuses_writes(tmp)):
+            raise
+        remove(tmp)
+        raise disk_full(target, needed, written) from None
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        remove(tmp)
+
+
+def make_temporary(target: Path, is_dir: bool) -> Path:
+    """An empty file or folder beside `target`, named for this process (see the docstring)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def refuses_writes(tmp: Path) -> bool:
+    """Whether appending PROBE_BYTES to the temporary file fails for want of space."""
+    if tmp.is_dir() or not tmp.exists():
+        return False
+    try:
+        with open(tmp, "ab", buffering=0) as f:
+            for _ in range(2):  # the first write may only fill the last block's slack
+                f.write(bytes(PROBE_BYTES))
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.errno == errno.ENOSPC
+    return False
+
+
+def size_of(tmp: Path) -> int:
+    """The bytes a temporary file or folder holds (what fit on the disk)."""
+    if tmp.is_dir():
+        return sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+    return tmp.stat().st_size if tmp.exists() else 0
+
+
+def remove(tmp: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
 
 
 def remove_stale(target: Path) -> None:
@@ -92,12 +134,21 @@ def running(pid: int) -> bool:
     return True
 
 
-def disk_full(target: Path, error: OSError) -> PipelineError:
-    needed = NEEDED.search(str(error))
+def disk_full(target: Path, needed: int | None, written: int) -> PipelineError:
+    """The one line of a write that found the disk full; `written`: the bytes that fit."""
     free = shutil.disk_usage(target.parent).free
-    return PipelineError(f"{target}: disk full, not written (needs "
-                         f"{needed[1] + ' bytes' if needed else 'more space'}, {free} bytes free "
-                         f"on its file system); the previous file is kept, free space and rerun")
+    size = f"{needed} bytes" if needed is not None else f"more than {written} bytes"
+    return PipelineError(f"{target}: disk full, not written (needs {size}, {free} bytes free on "
+                         f"its file system); {what_is_kept(target)}; free space and rerun")
+
+
+def what_is_kept(target: Path) -> str:
+    kind = "folder" if target.is_dir() else "file"
+    if target.exists():
+        return f"the previous {kind} is kept"
+    if os.environ.get("DVC_STAGE"):
+        return "no previous one is kept (dvc repro removes a stage's outputs before running it)"
+    return "there was no previous one"
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -108,9 +159,10 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_with(target: Path | str, write: Callable[[Path], Any]) -> Path:
+def write_with(target: Path | str, write: Callable[[Path], Any],
+               needed: int | None = None) -> Path:
     """Call `write(tmp_path)` and move the result onto `target` atomically."""
-    with atomic_path(target) as tmp:
+    with atomic_path(target, needed=needed) as tmp:
         write(tmp)
     return Path(target)
 
@@ -131,12 +183,12 @@ def write_parquet(
 
 
 def write_json(obj: Any, target: Path | str) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    return write_with(target, lambda tmp: tmp.write_text(text))
+    return write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", target)
 
 
 def write_text(text: str, target: Path | str) -> Path:
-    return write_with(target, lambda tmp: tmp.write_text(text))
+    data = text.encode()
+    return write_with(target, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 def write_npy(array: np.ndarray, target: Path | str) -> Path:
@@ -144,4 +196,6 @@ def write_npy(array: np.ndarray, target: Path | str) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
 
-    return write_with(target, save)
+    header = io.BytesIO()  # np.save's header, then the array's bytes
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return write_with(target, save, needed=header.tell() + array.nbytes)
