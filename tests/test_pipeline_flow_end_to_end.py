@@ -100,9 +100,11 @@ def test_changed_train_param_reruns_train_and_evaluate_only(pipeline, project):
     params["train"]["lr"] = 0.001
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     results = outcomes(pipeline.run_pipeline(repo=project))
-    # params reruns on any edit of params.yaml; its output's bytes stay, so DVC skips the rest
-    assert results == {"params": "ran", **dict.fromkeys(STAGES[1:7], "up to date"),
-                       "train": "ran", "evaluate": "ran"}
+    # params reruns on any edit of params.yaml (or its run cache restores its output, where
+    # these params were checked before); its output's bytes stay, so DVC skips the rest
+    assert results.pop("params") in ("ran", "restored")
+    assert results == {**dict.fromkeys(STAGES[1:7], "up to date"), "train": "ran",
+                       "evaluate": "ran"}
     assert "up to date" in run(["dvc", "status"], project).stdout
     _, _, artifacts = flow_run_records(latest_flow_run_id())
     table = json.loads(artifacts["omniglot-metrics"].data)
