@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flowkit import OFFLINE, git_commit_all
 from tests.verifykit import (
     BIN,
     background,
@@ -122,3 +123,21 @@ def test_the_temporaries_of_a_killed_verify_are_removed(project):
     assert done.stdout.splitlines()[0] == (
         "removed 2 temporaries that a killed verify left beside the files it was repairing")
     assert [p.exists() for p in left] == [False, False] and running.exists()
+
+
+@pytest.mark.slow
+def test_a_flow_run_after_a_killed_stage_resumes_from_its_checkpoint(tmp_path, prefect_api):
+    """Issue 29, item 1, as an operator meets it: `siamese run`, the stage killed (kill -9)
+    after a checkpoint, `siamese run` again: the pre-stage verify keeps the checkpoint."""
+    project = training_project(tmp_path / "project")
+    git_commit_all(project, "a training")
+    (project / "params.yaml").write_text("steps: 8\n")
+    env = {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "home"), **OFFLINE}
+    first = background(project, SIAMESE, "run", STOP_AT="6", **env)
+    wait_for(project / "stopped", first)
+    os.kill(int((project / "stopped").read_text()), signal.SIGKILL)
+    assert first.wait(timeout=120) != 0, first.communicate()[0]
+    second = sh(project, SIAMESE, "run", **env)
+    log = second.stdout + second.stderr  # the flow's log, with the stage's output
+    assert "modified ckpt.txt in the workspace" in log and "resuming from step 6" in log, log
+    assert (project / "model.txt").read_text() == "trained 8 steps"
