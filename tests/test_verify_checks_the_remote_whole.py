@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.verify import verify
+from tests.flowkit import git_commit_all
 from tests.verifykit import BIN, add_remote, listing_of, make_project, object_of, sh
 
 SIAMESE = str(BIN / "siamese")
@@ -32,8 +33,8 @@ def lines(actions) -> list[str]:
     return [str(action) for action in actions]
 
 
-def test_a_listing_with_two_md5s_swapped_is_repaired_from_the_cache(project, store):
-    """As `dvc pull` in a fresh clone would swap the two files' contents."""
+def test_a_listing_with_two_md5s_swapped_is_repaired_from_the_cache(project, store, tmp_path):
+    """Unrepaired, `dvc pull` in a fresh clone would swap the two files' contents."""
     listing = listing_of(store)
     entries = json.loads(listing.read_text())
     entries[0]["md5"], entries[1]["md5"] = entries[1]["md5"], entries[0]["md5"]
@@ -45,6 +46,11 @@ def test_a_listing_with_two_md5s_swapped_is_repaired_from_the_cache(project, sto
     assert lines(actions) == [
         f"repaired pics/ (its .dir listing) in the remote ({listing}) from the cache's copy"]
     assert listing.read_bytes() == listing_of(project / ".dvc/cache").read_bytes()
+    git_commit_all(project, "a project with a remote")
+    sh(tmp_path, "git", "clone", "-q", str(project), "clone")
+    sh(tmp_path / "clone", "dvc", "pull", "-q")
+    assert [(tmp_path / "clone/pics" / name).read_text() for name in ("0.txt", "1.txt")] == [
+        (project / "pics" / name).read_text() for name in ("0.txt", "1.txt")]
 
 
 def test_a_corrupt_local_listing_is_repaired_from_the_remote(project, store):
