@@ -3,9 +3,11 @@
 the stage's outputs; verify takes both, so it meets one or the other and says so in one line,
 touching nothing (issue 29, item 3). The flow's pre-stage verify does the same."""
 
+import hashlib
 import re
 
 import pytest
+import yaml
 
 from tests.verifykit import BIN, background, sh, wait_for, waiting_project
 
@@ -37,9 +39,11 @@ def test_verify_beside_a_running_dvc_repro_says_so_and_touches_nothing(running):
     assert (project / "model.txt").read_text() == SEED_5
     (project / "go").write_text("")
     assert repro.wait(timeout=60) == 0, repro.communicate()[0]
-    md5 = sh(project, "dvc", "status").stdout
-    assert "up to date" in md5
-    assert (project / "model.txt").read_text() == SEED_5  # what dvc.lock records with seed 5
+    assert "up to date" in sh(project, "dvc", "status").stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["model"]
+    assert lock["params"]["params.yaml"]["seed"] == 5
+    assert lock["outs"][0]["md5"] == hashlib.md5(SEED_5.encode()).hexdigest()
+    assert (project / "model.txt").read_text() == SEED_5
     after = sh(project, SIAMESE, "verify")
     assert after.stdout == "verify: workspace: 1 good; cache: 1 good\n"
 
