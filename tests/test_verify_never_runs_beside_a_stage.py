@@ -5,11 +5,13 @@ touching nothing (issue 29, item 3). The flow's pre-stage verify does the same."
 
 import hashlib
 import re
+import sys
 
 import pytest
 import yaml
 
-from tests.verifykit import BIN, background, sh, wait_for, waiting_project
+from tests.flowkit import HOLD_LOCK
+from tests.verifykit import BIN, background, make_project, sh, wait_for, waiting_project
 
 SIAMESE = str(BIN / "siamese")
 SEED_5 = "the model of seed 5"
@@ -59,3 +61,19 @@ def test_the_flows_verify_beside_a_running_dvc_repro_ends_the_run_in_one_line(
     with pytest.raises(PipelineError, match=r"a DVC stage is running \(pid \d+: .*dvc repro\)"):
         run_pipeline(repo=project)
     assert (project / "model.txt").read_text() == SEED_5
+
+
+def test_verify_while_dvc_holds_its_repo_lock_names_the_holder(tmp_path):
+    """Between two stages, and while it commits one, `dvc repro` holds .dvc/tmp/lock."""
+    project = make_project(tmp_path / "project")
+    holder = background(project, sys.executable, "-c", HOLD_LOCK)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        done = sh(project, SIAMESE, "verify", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"siamese verify: error: DVC's lock {project / '.dvc/tmp/lock'} "
+                                  f"is held by pid {holder.pid}: ")
+    assert len(done.stderr.splitlines()) == 1
