@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,9 +38,12 @@ from siamese.errors import PipelineError
 PROBE_BYTES = 1 << 16  # more than a block: a full file system refuses some of it
 
 
+Needed = int | Callable[[], int] | None  # the bytes a write takes, or how to count them
+
+
 @contextmanager
 def atomic_path(target: Path | str, *, is_dir: bool = False,
-                needed: int | None = None) -> Iterator[Path]:
+                needed: Needed = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it onto `target`.
 
     On any exception the temporary file or folder is removed and `target` is untouched; a
@@ -63,10 +67,19 @@ def atomic_path(target: Path | str, *, is_dir: bool = False,
         written = size_of(tmp)  # before a probe adds to it
         if not (isinstance(e, OSError) and e.errno == errno.ENOSPC or refuses_writes(tmp)):
             raise
+        release_frames(e)
         remove(tmp)
         raise disk_full(target, needed, written) from None
     finally:
         remove(tmp)
+
+
+def release_frames(error: BaseException | None) -> None:
+    """Clear the finished frames of `error` and the errors it arose from: a writer still open
+    there (torch.save's) would hold the temporary's space after its removal."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__
 
 
 def make_temporary(target: Path, is_dir: bool) -> Path:
@@ -134,9 +147,10 @@ def running(pid: int) -> bool:
     return True
 
 
-def disk_full(target: Path, needed: int | None, written: int) -> PipelineError:
+def disk_full(target: Path, needed: Needed, written: int) -> PipelineError:
     """The one line of a write that found the disk full; `written`: the bytes that fit."""
     free = shutil.disk_usage(target.parent).free
+    needed = needed() if callable(needed) else needed
     size = f"{needed} bytes" if needed is not None else f"more than {written} bytes"
     return PipelineError(f"{target}: disk full, not written (needs {size}, {free} bytes free on "
                          f"its file system); {what_is_kept(target)}; free space and rerun")
@@ -159,8 +173,7 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_with(target: Path | str, write: Callable[[Path], Any],
-               needed: int | None = None) -> Path:
+def write_with(target: Path | str, write: Callable[[Path], Any], needed: Needed = None) -> Path:
     """Call `write(tmp_path)` and move the result onto `target` atomically."""
     with atomic_path(target, needed=needed) as tmp:
         write(tmp)
@@ -179,7 +192,12 @@ def write_parquet(
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    return write_with(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    def size() -> int:  # counted in memory, only once the disk is full
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        return buffer.tell()
+
+    return write_with(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"), size)
 
 
 def write_json(obj: Any, target: Path | str) -> Path:

@@ -67,21 +67,32 @@ def torch_save(path: Path) -> None:
         torch.save({"weights": torch.zeros(1000)}, tmp)
 
 
-WRITES: dict[str, tuple[Callable[[Path], object], str]] = {
+FRAME = pd.DataFrame({"a": range(1000)})
+# kind: (the write, the bytes it needs; None: as many as the file has where there is room)
+WRITES: dict[str, tuple[Callable[[Path], object], str | None]] = {
     "text": (lambda path: write_text("x" * 1000, path), "1000 bytes"),
     "npy": (lambda path: write_npy(np.zeros((10, 100), np.uint8), path), "1128 bytes"),
-    "parquet": (lambda path: write_parquet(pd.DataFrame({"a": range(1000)}), path),
-                "more than 0 bytes"),
+    "parquet": (lambda path: write_parquet(FRAME, path), None),
+    # torch.save's size is known once written: what fit (on /dev/full, nothing) is said
     "model.pt": (small_model, "more than 0 bytes"),
     "last.pt": (torch_save, "more than 0 bytes"),
 }
 
 
+def target_name(kind: str) -> str:
+    return f"out.{kind}"
+
+
 @pytest.mark.parametrize("kind", WRITES)
 def test_a_full_disk_is_one_line_with_the_bytes_and_the_previous_file_kept(
-        tmp_path, full_disk, kind):
+        tmp_path_factory, tmp_path, kind, request):
     write, needs = WRITES[kind]
-    target = tmp_path / f"out.{kind}"
+    if needs is None:
+        room = tmp_path_factory.mktemp("room") / target_name(kind)
+        write(room)
+        needs = f"{room.stat().st_size} bytes"
+    request.getfixturevalue("full_disk")
+    target = tmp_path / target_name(kind)
     target.write_bytes(b"previous")
     with pytest.raises(PipelineError) as raised:
         write(target)
