@@ -12,8 +12,9 @@ write of NAME removes those of processes no longer running, so a killed run leav
 behind for long. A disk that fills during a write (or while the temporary is made) is one
 line naming the file, the bytes needed and the bytes free once the temporary is gone, and what
 is kept: the previous file, or none (`dvc repro` removes a stage's outputs before it runs it).
-torch.save says only "file write failed": a write that fails otherwise is taken for a full
-disk when the temporary's file system refuses a probe write too.
+torch.save's errors do not say why a write failed ("unexpected pos ..."): a write that fails
+without ENOSPC is taken for one that found the disk full when the temporary's file system
+refuses a probe write too.
 """
 
 import errno
