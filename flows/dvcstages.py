@@ -19,6 +19,7 @@ from typing import Any
 
 from flows import remote
 from siamese.errors import PipelineError
+from siamese.processes import with_parent
 
 
 def read_pipeline(root: Path, force: bool = False) -> tuple[list[str], set[str] | None]:
@@ -93,10 +94,6 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-# Run a command that dies with this process (Linux: PR_SET_PDEATHSIG, kept across exec), so
-# that kill -9 of the flow leaves no `dvc repro` behind; the stage commands do the same.
-WITH_PARENT = ("import os, sys; from siamese.processes import die_with_parent; "
-               "die_with_parent(); os.execvp(sys.argv[1], sys.argv[1:])")
 RUNNING: set[int] = set()  # the process groups of the stage commands running now
 
 
@@ -106,7 +103,7 @@ def stream_command(args: list[str], cwd: Path,
     stderr) line by line; the generator's return value is the exit status, or None when
     `timeout_s` (> 0) ran out first and the group was killed."""
     with subprocess.Popen(
-        [sys.executable, "-c", WITH_PARENT, *args], cwd=cwd, env=dvc_env(),
+        with_parent(args), cwd=cwd, env=dvc_env(),  # kill -9 of the flow takes it along
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         errors="replace", start_new_session=True,
     ) as proc:

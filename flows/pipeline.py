@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +37,7 @@ from flows.dvcstages import (
     run_logged,
     stage_outcome,
 )
-from flows.guard import checkout_slot
+from flows.guard import WAIT_S, checkout_slot
 from flows.report import publish_artifacts, publish_failure
 from flows.server import check_api, schedule_server, watch_server
 from siamese import paths
@@ -182,17 +183,22 @@ def notify_failure(_flow: Any, flow_run: Any, state: State) -> None:
       on_crashed=[notify_failure])  # type: ignore[list-item]
 def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
                   stage_timeout_s: float = 0, notify_url: str = "",
-                  timeout_s: float = 0) -> list[dict[str, Any]] | State:
+                  timeout_s: float = 0, wait_s: float = WAIT_S) -> list[dict[str, Any]] | State:
     """Pull from the default DVC remote, run every stage of dvc.yaml as its own task, upstream
     first (stop at the first failure, recorded as the artifact `omniglot-failure`), then push
     if `push`. `stage_timeout_s` > 0 bounds each stage, `timeout_s` > 0 the whole run (see
-    TimeLimits); a failed run is sent to `notify_url` (or SIAMESE_NOTIFY_URL), a webhook."""
+    TimeLimits); a failed run is sent to `notify_url` (or SIAMESE_NOTIFY_URL), a webhook.
+    Another run holding the checkout is waited for at most `wait_s` seconds (flows/guard.py)."""
     root = Path(repo).resolve()
     forward_signals()  # SIGTERM / Ctrl-C stop the running stage's process group at once
     check_project_params(root)
-    # One run at a time in this checkout (a second one waits here); a lost server ends it.
-    with checkout_slot(root), watch_server(api_url(), stop_stages):
-        return run_in_order(root, force, push, TimeLimits(stage_timeout_s, timeout_s))
+    with ExitStack() as held:
+        try:  # one run at a time in this checkout: a second one waits here, within wait_s
+            held.enter_context(checkout_slot(root, wait_s))
+        except PipelineError as e:
+            return Failed(message=str(e))  # its one line, not a traceback
+        with watch_server(api_url(), stop_stages):  # a lost server ends the run
+            return run_in_order(root, force, push, TimeLimits(stage_timeout_s, timeout_s))
 
 
 def run_in_order(root: Path, force: bool, push: bool,
@@ -241,7 +247,8 @@ def summary(results: list[dict[str, Any]], seconds: float) -> str:
 
 
 def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False,
-                 stage_timeout_s: float = 0, timeout_s: float = 0) -> list[dict[str, Any]]:
+                 stage_timeout_s: float = 0, timeout_s: float = 0,
+                 wait_s: float = WAIT_S) -> list[dict[str, Any]]:
     """`siamese run`: run the flow, print a per-stage summary, return the stage results."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").exists():
@@ -251,7 +258,7 @@ def run_pipeline(force: bool = False, repo: Path | str = ".", push: bool = False
     start = time.monotonic()
     state = pipeline_flow(repo=str(root), force=force, push=push,
                           stage_timeout_s=stage_timeout_s, timeout_s=timeout_s,
-                          return_state=True)
+                          wait_s=wait_s, return_state=True)
     if state.is_failed():
         error = state.result(raise_on_failure=False)
         if isinstance(error, PipelineError):

@@ -1,7 +1,8 @@
-"""The Prefect server the flows talk to: the one at PREFECT_API_URL, checked before a run, or,
-for `siamese serve` without one, a local server started with Prefect's own
-`prefect server start --background` (its PID file PREFECT_HOME/server.pid) and stopped with
-`prefect server stop`."""
+"""The Prefect server the flows talk to: the one at PREFECT_API_URL, checked before a run; or
+else Prefect's temporary server, started by this process as a child that dies with it (kill -9
+included); or, for `siamese serve` without PREFECT_API_URL, a local server started with
+Prefect's own `prefect server start --background` (its PID file PREFECT_HOME/server.pid) and
+stopped with `prefect server stop`."""
 
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from siamese.atomic import running
 from siamese.errors import PipelineError
-from siamese.processes import children_of
+from siamese.processes import children_of, with_parent
 
 # How long a server may not answer before a run gives it up: gone (connection refused), or
 # there but silent (timeouts; a busy machine answers slowly, and a false alarm costs a stage).
@@ -28,12 +29,17 @@ HEALTH_TIMEOUT_S = 5.0
 
 
 def check_api() -> None:
-    """With PREFECT_API_URL set, fail early and clearly when that server does not answer."""
+    """With PREFECT_API_URL set, fail early and clearly when that server does not answer;
+    without it, start Prefect's temporary server now (start_temporary_server). Call it from the
+    main thread, first thing."""
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
-    url = get_current_settings().api.url
+    settings = get_current_settings()
+    url = settings.api.url
     if not url:
+        if settings.server.ephemeral.enabled:
+            start_temporary_server()
         return
     with get_client(sync_client=True) as client:
         error = client.api_healthcheck()
@@ -43,6 +49,38 @@ def check_api() -> None:
             f"{error}). Start it (`prefect server start`), fix the URL, or unset PREFECT_API_URL "
             "to run with a temporary local server."
         )
+
+
+def start_temporary_server() -> None:
+    """Start the temporary server that Prefect's clients in this process use (its one
+    instance), as a child that gets SIGTERM when this process ends, however it ends: kill -9
+    of a run leaves no server behind. Prefect's own would outlive such a kill (it stops at
+    exit only). The parent-death signal follows the thread that started the child, so this
+    starts it from the caller's thread, the main one, before Prefect might from another."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class DiesWithThisProcess(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            assert self.port is not None
+            return temporary_uvicorn(self.port)
+
+    DiesWithThisProcess().start()  # the instance already there, if Prefect started one
+
+
+def temporary_uvicorn(port: int) -> subprocess.Popen:
+    """Prefect's temporary server on `port`, started as Prefect 3.9 starts it (its uvicorn
+    command and environment: SubprocessASGIServer._run_uvicorn_command), dying with this
+    process."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+               "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1",
+           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    return subprocess.Popen(with_parent(command), env=env)
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from flows.guard import WAIT_S
 from siamese import paths
 from siamese.errors import PipelineError
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "and the run fails saying so (0: none)")
     run.add_argument("--push", action="store_true",
                      help="at the end, push the outputs and run cache to the default DVC remote")
+    run.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
+                     help="while another run holds this checkout, wait at most this long "
+                     f"(default {WAIT_S:.0f})")
     commands.add_parser("pull", help="restore the outputs of dvc.lock from the default DVC remote")
     verify = commands.add_parser("verify", help="re-hash every output of dvc.lock in the "
                                  "workspace and DVC's cache; repair each corrupt copy")
@@ -198,7 +202,7 @@ def dispatch(args: argparse.Namespace) -> None:
         from flows.pipeline import run_pipeline
 
         run_pipeline(force=args.force, push=args.push, stage_timeout_s=args.stage_timeout,
-                     timeout_s=args.timeout)
+                     timeout_s=args.timeout, wait_s=args.wait)
     elif args.command in ("pull", "push"):
         from flows import remote
 
@@ -293,9 +297,9 @@ def lineage(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None and args.command in STAGES:  # a stage's own process, not a caller's
-        from siamese.processes import die_with_parent
+        from siamese.processes import die_with_dvc
 
-        die_with_parent()  # first thing: kill -9 of `dvc repro` leaves no stage running
+        die_with_dvc()  # first thing: kill -9 of `dvc repro` leaves no stage running
     try:
         dispatch(args)
     except PipelineError as e:
