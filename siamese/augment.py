@@ -31,13 +31,40 @@ def random_affine(gen: torch.Generator, n: int, p: float) -> torch.Tensor:
     scale = torch.where(use[:, 2:3], uniform(gen, n, *SCALE, (2,)), 1.0)
     # A shift of f * side is 2 * f in normalised coordinates.
     shift = torch.where(use[:, 3:4], uniform(gen, n, -1, 1, (2,)), 0.0) * 2 * TRANSLATE_AT_105
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    ones = torch.ones(n)
-    shearing = torch.stack([torch.stack([ones, shear[:, 0]], -1),
-                            torch.stack([shear[:, 1], ones], -1)], -2)
-    linear = rotation @ shearing @ torch.diag_embed(scale)
+    cos, sin = cos_sin(angle)
+    # rotation @ shearing @ diag(scale), rotation [[cos, -sin], [sin, cos]], shearing
+    # [[1, shear x], [shear y, 1]]: written out, each entry by the same few products
+    shear_x, shear_y = shear[:, 0], shear[:, 1]
+    linear = torch.stack([
+        torch.stack([(cos - sin * shear_y) * scale[:, 0], (cos * shear_x - sin) * scale[:, 1]], -1),
+        torch.stack([(sin + cos * shear_y) * scale[:, 0], (sin * shear_x + cos) * scale[:, 1]], -1),
+    ], -2)
     return torch.cat([linear, shift.unsqueeze(-1)], dim=-1)
+
+
+def cos_sin(angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angles within +-ROTATION_DEG, by their Taylor series to the 10th power in
+    float64 (truncation below 1e-13, far below float32's rounding), then rounded to float32.
+
+    Of + and x alone, which round the same on every CPU: torch.cos and torch.sin go to MKL's
+    vector maths, whose kernels follow the CPU (siamese/cpu.py)."""
+    x = angle.double()
+    x2 = x * x
+    cos = 1 - x2 / 2 * (1 - x2 / 12 * (1 - x2 / 30 * (1 - x2 / 56 * (1 - x2 / 90))))
+    sin = x * (1 - x2 / 6 * (1 - x2 / 20 * (1 - x2 / 42 * (1 - x2 / 72 * (1 - x2 / 110)))))
+    return cos.float(), sin.float()
+
+
+def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """affine_grid(theta, [B, 1, size, size], align_corners=False), written out: each pixel
+    centre (x, y) in [-1, 1] maps to theta @ (x, y, 1). torch's affine_grid multiplies by MKL's
+    batched matrix multiply, whose kernels follow the CPU."""
+    centres = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1
+    x, y = centres.view(1, 1, size), centres.view(1, size, 1)
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * x + t[:, 1] * y + t[:, 2]
+    gy = t[:, 3] * x + t[:, 4] * y + t[:, 5]
+    return torch.stack([gx, gy], dim=-1)
 
 
 def distort(images: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
@@ -57,5 +84,5 @@ def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     if images.is_cuda:  # from pinned memory the copy does not make the host wait
         theta = theta.pin_memory()
     theta = theta.to(images.device, non_blocking=True)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = sampling_grid(theta, images.shape[-1])
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

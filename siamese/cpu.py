@@ -38,10 +38,11 @@ from typing import Any
 
 PATHS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
+             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE", "OPENBLAS_CORETYPE": "Haswell"},
     "native": {},
 }
-SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC")
+SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC",
+            "OPENBLAS_CORETYPE")
 DEFAULT = "avx2"
 # The instruction sets that decide which kernels the libraries may pick.
 FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -70,9 +71,12 @@ def in_force() -> dict[str, str]:
 
 @contextmanager
 def kernels(choice: str) -> Iterator[None]:
-    """Within: the convolution kernels of `choice` (`avx2`: ATen's im2col and MKL, neither
-    oneDNN nor NNPACK); the previous ones restored after."""
+    """Within: the matrix-multiply kernels of `choice` (`avx2`: the network's convolutions and
+    linear layers by siamese.gemm's pinned OpenBLAS kernel, on torch's thread count, and
+    neither oneDNN nor NNPACK for anything else); the previous ones restored after."""
     import torch
+
+    from siamese import gemm
 
     if choice == "native":
         yield
@@ -81,7 +85,8 @@ def kernels(choice: str) -> Iterator[None]:
     torch._C._set_mkldnn_enabled(False)
     torch._C._set_nnpack_enabled(False)
     try:
-        yield
+        with gemm.pinned(torch.get_num_threads()):
+            yield
     finally:
         torch._C._set_mkldnn_enabled(onednn)
         torch._C._set_nnpack_enabled(nnpack)
@@ -132,17 +137,32 @@ def unreproducible_reason(choice: str) -> str | None:
 
 def warnings(choice: str) -> list[str]:
     """One line for each reason this process's weights may differ from the committed ones."""
-    torch = sys.modules.get("torch")
     lines = []
     if (reason := unreproducible_reason(choice)) is not None:
         lines.append(f"train.cpu_paths {choice}: {reason}; its weights will differ from the "
                      "committed ones")
-    elif choice != "native" and (in_force() != PATHS[choice] or torch is not None
-                                 and torch.backends.cpu.get_cpu_capability() != "AVX2"):
+    elif choice != "native" and (in_force() != PATHS[choice] or not kernels_in_force()):
         lines.append(f"train.cpu_paths {choice} is not in force in this process (it is set by "
                      "`siamese train` before torch loads); its weights may differ from the "
                      "committed ones")
     return lines
+
+
+def kernels_in_force() -> bool:
+    """Whether the libraries loaded so far chose the `avx2` path's kernels (ATen's AVX2 ones,
+    OpenBLAS's Haswell ones): they read their settings when they load, never after."""
+    torch = sys.modules.get("torch")
+    aten = torch is None or torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return aten and openblas_kernels() in (None, "Haswell")
+
+
+def openblas_kernels() -> str | None:
+    """The kernel set numpy's OpenBLAS chose (None before numpy loads)."""
+    if "numpy" not in sys.modules:
+        return None
+    from siamese import gemm
+
+    return gemm.corename()
 
 
 def record(choice: str) -> dict[str, str]:
@@ -167,6 +187,7 @@ def describe(choice: str) -> dict[str, Any]:
         "settings": in_force(),
         "aten_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
         "onednn_convolutions": torch._C._get_mkldnn_enabled() if torch else None,
+        "openblas_kernels": openblas_kernels(),
         "cpu": cpu_model(),
         "flags": cpu_flags(),
         "machine": platform.machine(),

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamese import gemm
 from siamese.atomic import atomic_path
 from siamese.errors import PipelineError
 from siamese.lockcheck import check_input
@@ -39,10 +40,30 @@ CHECKPOINT_KEYS = (
 )
 
 
-class KochHead(nn.Linear):
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d, computed by siamese.gemm's pinned kernel where it is active (stride 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if gemm.active(x) and self.stride == (1, 1) and self.dilation == (1, 1) \
+                and self.groups == 1 and isinstance(self.padding, tuple) \
+                and self.padding[0] == self.padding[1]:
+            return gemm.conv2d(x, self.weight, self.bias, self.padding[0])
+        return super().forward(x)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, computed by siamese.gemm's pinned kernel where it is active."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if gemm.active(x):
+            return gemm.linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+class KochHead(Linear):
     """Koch's weighted L1: logit = w . |a - b| + bias.
 
-    An nn.Linear(dim, 1), so that its state_dict keys (head.weight, head.bias) and Koch's
+    A Linear(dim, 1), so that its state_dict keys (head.weight, head.bias) and Koch's
     initialisation are those of every checkpoint saved before heads had a name.
     """
 
@@ -134,13 +155,13 @@ class SiameseNet(nn.Module):
 
 def koch_features(image_size: int) -> tuple[nn.Module, int]:
     convs = nn.Sequential(
-        nn.Conv2d(1, 64, 10), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 7), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(128, 128, 4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(128, 256, 4), nn.ReLU(), nn.Flatten(),
+        Conv2d(1, 64, 10), nn.ReLU(), nn.MaxPool2d(2),
+        Conv2d(64, 128, 7), nn.ReLU(), nn.MaxPool2d(2),
+        Conv2d(128, 128, 4), nn.ReLU(), nn.MaxPool2d(2),
+        Conv2d(128, 256, 4), nn.ReLU(), nn.Flatten(),
     )
     flat = conv_output_size(convs, image_size, "koch")
-    return nn.Sequential(*convs, nn.Linear(flat, 4096), nn.Sigmoid()), 4096
+    return nn.Sequential(*convs, Linear(flat, 4096), nn.Sigmoid()), 4096
 
 
 def compact_features(
@@ -149,12 +170,12 @@ def compact_features(
     layers: list[nn.Module] = []
     channels = 1
     for _ in range(depth):
-        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+        layers += [Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                    nn.ReLU(), nn.MaxPool2d(2)]
         channels = width
     convs = nn.Sequential(*layers, nn.Flatten())
     flat = conv_output_size(convs, image_size, "compact")
-    return nn.Sequential(*convs, nn.Linear(flat, embedding)), embedding
+    return nn.Sequential(*convs, Linear(flat, embedding)), embedding
 
 
 def conv_output_size(convs: nn.Module, image_size: int, arch: str) -> int:

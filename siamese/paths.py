@@ -4,11 +4,13 @@ dvc.yaml declares the same paths as stage deps and outs; `read_manifest` reads o
 """
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from siamese.errors import PipelineError
 from siamese.lockcheck import check_input
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARAMS = Path("params.yaml")
 PARAMS_CHECKED = Path("data/params.checked")  # the params stage's output: params.yaml is valid
@@ -31,9 +33,11 @@ TRAIN_LIVE = REPORTS / "train"
 METRICS = REPORTS / "metrics.json"
 
 
-def read_manifest(path: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
+def read_manifest(path: Path, stage: str, columns: list[str] | None = None) -> "pd.DataFrame":
     """A manifest that an earlier stage writes, with a clear error when it is not there or
     (under `dvc repro`) not what dvc.lock records."""
+    import pandas as pd  # here: `siamese` pins numpy's BLAS kernels before numpy loads (cpu.py)
+
     try:
         table = pd.read_parquet(path, columns=columns)
     except FileNotFoundError:

@@ -162,8 +162,8 @@ def prepare_process(params_file: Path) -> str:
         if isinstance(train, dict) and train.get("cpu_paths") in cpu.PATHS:
             choice = train["cpu_paths"]
     cpu.tune_allocator()
-    if "torch" not in sys.modules:  # else the libraries have read their settings: pinning now
-        cpu.pin_paths(choice)       # would act only in child processes (training says so)
+    if not {"torch", "numpy"} & set(sys.modules):  # else the libraries have read their
+        cpu.pin_paths(choice)  # settings: pinning now would act only in child processes
     return choice
 
 

@@ -181,10 +181,10 @@ def koch_step(params: dict[str, Any], data, device: str, batch: int, calls: int)
 
     cfg = train_cfg(params, device, objective="pairs", batch_pairs=batch)
     dev = torch.device(device)
-    step, net = step_runner(cfg, data, dev)
+    step, net, _ = step_runner(cfg, data, dev)
     full = timed(step, calls, 2, device)
     fixed = next_batch(cfg, data, np.random.default_rng(1), torch.Generator().manual_seed(1), dev)
-    model_step, _ = step_runner(cfg, data, dev, load=lambda: fixed)
+    model_step, _, _ = step_runner(cfg, data, dev, load=lambda: fixed)
     model_only = timed(model_step, calls, 1, device)
     return {"batch": batch, "pairs_per_s": batch / full,
             "model_only_pairs_per_s": batch / model_only,
@@ -197,7 +197,7 @@ def profile_step_s(params: dict[str, Any], data, device: str) -> float:
 
     from tools.bench.trainparts import step_runner
 
-    step, _ = step_runner(train_cfg(params, device), data, torch.device(device))
+    step, _, _ = step_runner(train_cfg(params, device), data, torch.device(device))
     return timed(step, 5, 2, device)
 
 

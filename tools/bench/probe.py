@@ -101,11 +101,11 @@ def load_profile(train: dict[str, Any]) -> tuple[Any, Any]:
 
 @dataclass
 class Steps:
-    """What `training_steps` ran: the model after them, the first step's layer rows
-    (`recording_layers`), the machine and settings in force, and what the steps took: wall
+    """What `training_steps` ran: the model after them, its rows (the first step's layers,
+    what each step left), the machine and settings in force, and what the steps took: wall
     seconds, user and system CPU seconds, minor page faults."""
     net: Any
-    layers: list[dict[str, str]]
+    layers: list[dict[str, Any]]
     machine: dict[str, Any]
     seconds: float
     user_s: float
@@ -115,19 +115,22 @@ class Steps:
 
 @contextmanager
 def training_steps(cfg: Any, data: Any, steps: int) -> Iterator[Steps]:
-    """`steps` training steps of the profile, timed; within, still under its deterministic
+    """`steps` training steps of the profile, timed, with the rows of each (`recording_layers`
+    for the first, `state_rows` after each); within, still under its deterministic
     settings and convolution kernels (siamese.distributed.deterministic), what they trained."""
     from siamese.distributed import deterministic
     from tools.bench.trainparts import step_runner
 
     with deterministic(cfg):
-        step, net = step_runner(cfg, data)
+        step, net, optimizer = step_runner(cfg, data)
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         with recording_layers(net) as layers:
             step()
-        for _ in range(steps - 1):
+        layers += state_rows(net, optimizer, 1)
+        for done in range(2, steps + 1):
             step()
+            layers += state_rows(net, optimizer, done)
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         yield Steps(net, layers, cpu.describe(cfg.cpu_paths), seconds,
@@ -170,11 +173,29 @@ def recording_layers(net) -> Iterator[list[dict[str, str]]]:
                 for name, p in net.named_parameters() if p.grad is not None)
 
 
-def first_difference(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> str | None:
-    """The first layer row where two probes part, in words; None where all agree."""
+def state_rows(net, optimizer, step: int) -> list[dict[str, Any]]:
+    """What a step leaves for the next: the sha256 of each weight and buffer (batch norm's
+    running statistics) and of each tensor of the optimiser's state (Adam's moments, its step
+    count), after optimiser step `step`."""
+    names = {id(p): name for name, p in net.named_parameters()}
+    rows = [{"step": step, "what": "value", "layer": name, "sha256": tensor_digest(value)}
+            for name, value in net.state_dict().items()]
+    rows += [{"step": step, "what": f"optimiser {key}", "layer": names[id(p)],
+              "sha256": tensor_digest(value)}
+             for p, state in optimizer.state.items() for key, value in state.items()
+             if hasattr(value, "numpy")]
+    return rows
+
+
+def first_difference(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str | None:
+    """The first row where two probes part, in words; None where all agree. The rows: the first
+    step layer by layer, then after each step what it leaves (`state_rows`); a probe of an
+    earlier version has the first step's layer rows alone, each without its step."""
     for mine, other in zip(ours, theirs, strict=False):
-        if mine != other:
-            return f"the {mine['what']} of {mine['layer']} (first step)"
+        if {"step": 1, **mine} != {"step": 1, **other}:
+            step = mine.get("step", 1)
+            when = "first step" if mine["what"] in ("output", "gradient") else f"after step {step}"
+            return f"the {mine['what']} of {mine['layer']} ({when})"
     if len(ours) != len(theirs):
         return f"the number of layer rows ({len(ours)} here, {len(theirs)} there)"
     return None
@@ -271,14 +292,19 @@ def format_emulated(rows: list[dict[str, Any]]) -> str:
 
 
 def matmul_peak(torch) -> float:
-    """fp32 GFLOP/s of a square matrix multiply on this process's threads (best of 5)."""
+    """fp32 GFLOP/s of a square matrix multiply on this process's threads (best of 5), by the
+    kernel the network's layers use here: siamese.gemm's pinned one where it is active (within
+    the `avx2` path), else torch's."""
+    from siamese import gemm
+
     a, b = torch.rand(MATMUL_SIZE, MATMUL_SIZE), torch.rand(MATMUL_SIZE, MATMUL_SIZE)
-    torch.mm(a, b)
+    multiply = gemm.mm if gemm.active(a) else torch.mm
+    multiply(a, b)
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
         for _ in range(4):
-            torch.mm(a, b)
+            multiply(a, b)
         best = min(best, (time.perf_counter() - started) / 4)
     return 2 * MATMUL_SIZE**3 / best / 1e9
 
@@ -289,7 +315,7 @@ def format_probe(result: dict[str, Any]) -> str:
         f"cpu:        {result['cpu']} ({result['machine']}; {' '.join(result['flags'])})",
         f"paths:      train.cpu_paths {result['cpu_paths']}: {settings}; ATen "
         f"{result['aten_capability']}; convolutions by "
-        f"{'oneDNN' if result['onednn_convolutions'] else 'ATen and MKL'}; "
+        f"{convolutions_by(result)}; "
         f"{result['threads']} threads",
         f"weights:    {result['weights_sha256']}  (after {result['steps']} steps)",
         f"scores:     {result['scores_sha256']}  (first {PROBE_TRIALS} valid trials)",
@@ -297,10 +323,18 @@ def format_probe(result: dict[str, Any]) -> str:
         f"of CPU time; the step at {result['step_gflop_per_s']} GFLOP/s, "
         f"{result['step_fraction_of_peak']:.0%} of the fp32 matrix-multiply peak "
         f"({result['matmul_peak_gflop_per_s']} GFLOP/s)",
-        "first step, layer by layer (--json has all):",
+        "first step, layer by layer (--json has all, and what each step leaves):",
         *(f"  {row['what']:8} {row['layer']:28} {row['sha256'][:16]}"
-          for row in result["layers"]),
+          for row in result["layers"] if row["what"] in ("output", "gradient")),
     ])
+
+
+def convolutions_by(result: dict[str, Any]) -> str:
+    if result["onednn_convolutions"]:
+        return "oneDNN"
+    if result["cpu_paths"] == "native":
+        return "ATen and MKL"
+    return f"im2col and OpenBLAS's {result.get('openblas_kernels')} SGEMM (siamese/gemm.py)"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,9 +108,9 @@ def bench_steps(params: dict[str, Any], sizes: Sizes, data_by_size: dict,
             x1, x2 = seed_batch(pngs, files, rows[:, 0], rows[:, 1], size)
             return torch.cat([x1, x2]), torch.from_numpy(rows[:, 2])
 
-        ours_step, net = step_runner(cfg, data)
+        ours_step, net, _ = step_runner(cfg, data)
         ours = per_second(batch, durations(ours_step, steps))
-        seed_step, _ = step_runner(cfg, data, load=seed_load)
+        seed_step, _, _ = step_runner(cfg, data, load=seed_load)
         seed = per_second(batch, durations(seed_step, steps))
         flops = pair_flops(net, size)
         out[f"{arch} at {size}"] = {
@@ -129,7 +129,7 @@ def profile_step(params: dict[str, Any], data_by_size: dict, steps: int) -> dict
     data, _ = data_by_size[cfg.image_size]
     x, _ = project_loader(cfg, data, np.random.default_rng(0), torch.Generator().manual_seed(0),
                           torch.device("cpu"))()
-    step, _ = step_runner(cfg, data)
+    step, _, _ = step_runner(cfg, data)
     return {"arch": cfg.arch, "image_size": cfg.image_size, "objective": cfg.objective,
             "images_per_step": len(x), "steps": steps,
             "images_per_s": round(per_second(len(x), durations(step, steps)), 1)}

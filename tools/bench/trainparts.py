@@ -66,7 +66,7 @@ def pair_flops(net: torch.nn.Module, size: int) -> float:
 
 
 def step_runner(cfg, data, device: torch.device | None = None, load: Loader | None = None):
-    """(step, net): one optimisation step as train.py's loop does it (next_batch, the
+    """(step, net, optimizer): one optimisation step as train.py's loop does it (next_batch, the
     objective under bf16 autocast on CUDA, backward, optimizer step) on a fresh model; with
     `load`, the batch comes from that loader instead (the seed's way)."""
     from siamese.episodes import next_batch
@@ -89,4 +89,4 @@ def step_runner(cfg, data, device: torch.device | None = None, load: Loader | No
         loss.backward()
         optimizer.step()
 
-    return step, net
+    return step, net, optimizer
