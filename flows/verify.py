@@ -197,7 +197,7 @@ def act(repo: Any, copy: Copy, good: Copy | None, remote_odb: Any) -> Action | N
 def keep_advice(copy: Copy) -> str:
     if copy.persist:
         return "a persist output, which its stage resumes from"
-    return "`dvc commit` records it, `dvc checkout` restores dvc.lock's"
+    return "`dvc commit` records it, `dvc checkout --force` restores dvc.lock's"
 
 
 def put(repo: Any, good: Copy, copy: Copy, remote_odb: Any) -> None:

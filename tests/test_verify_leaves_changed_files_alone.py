@@ -43,7 +43,7 @@ def test_a_users_edit_is_reported_modified_and_kept(project):
     done = sh(project, SIAMESE, "verify")
     assert done.stdout.splitlines()[0] == (
         f"modified out.txt in the workspace ({out}): changed since DVC hashed it, as `dvc status` "
-        "says; left as it is (`dvc commit` records it, `dvc checkout` restores dvc.lock's)")
+        "says; left as it is (`dvc commit` records it, `dvc checkout --force` restores dvc.lock's)")
     assert "workspace: 2 good, 1 modified" in done.stdout
     assert out.read_text() == edited
 
