@@ -7,11 +7,12 @@ outputs, and an unknown extra section was ignored. The first stage of dvc.yaml, 
 the whole params.yaml and every other stage depends on its output.
 
 The project is copied into a fresh git + DVC repository whose outputs are stand-ins committed
-with `dvc commit`: the params stage alone runs, for real.
+with `dvc commit`: the params stage alone runs, for real, with the copy's code (PYTHONPATH).
 """
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ def later_outputs(root: Path) -> list[str]:
             for path in declared_outputs(stage)]
 
 
+def repro(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["dvc", "repro", *args], root, check=check, PYTHONPATH=str(root))
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bare-repro") / "project"
@@ -62,7 +67,7 @@ def built(tmp_path_factory) -> Path:
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         if stage["cmd"] == "siamese params":  # its real output: valid params give these bytes
-            run(["dvc", "repro", "--single-item", name], root)
+            repro(root, "--single-item", name)
         else:
             for path in declared_outputs(stage):
                 stand_in(root / path)
@@ -97,7 +102,7 @@ def edit_params(root: Path, old: str, new: str) -> None:
 def test_a_typo_stops_dvc_repro_before_any_output_is_removed(project, old, new, message):
     kept = snapshot(project, later_outputs(project))
     edit_params(project, old, new)
-    done = run(["dvc", "repro"], project, check=False)
+    done = repro(project, check=False)
     said = done.stdout + done.stderr
     assert snapshot(project, later_outputs(project)) == kept, said
     assert run(["git", "status", "--porcelain", "reports"], project).stdout == ""
@@ -108,5 +113,5 @@ def test_a_typo_stops_dvc_repro_before_any_output_is_removed(project, old, new, 
 
 def test_a_valid_edit_reruns_params_and_only_the_stages_that_read_the_edited_key(project):
     edit_params(project, "  seed: 4\n", "  seed: 5\n")
-    run(["dvc", "repro", "params"], project)
+    repro(project, "params")
     assert set(json.loads(run(["dvc", "status", "--json"], project).stdout)) == {"train"}
