@@ -1,7 +1,8 @@
 """A stage command run by hand is never killed by its parent watch: not when its parent is
 PID 1 (`setsid -f`, `nohup ... &` from a shell that exits at once, a PID namespace whose
-PID 1 is `sh -c`), nor when the shell that started it under nohup exits while it runs. (That
-a stage still dies with the `dvc repro` that started it: test_signals_stop_every_process.py.)
+PID 1 is `sh -c`), nor when the shell that started it under nohup exits while it runs; nor is
+a stage of a `dvc repro` that is PID 1 itself. (That a stage still dies with the `dvc repro`
+that started it: test_signals_stop_every_process.py.)
 """
 
 import hashlib
@@ -79,6 +80,21 @@ def test_a_stage_in_a_pid_namespace_under_sh_c_completes(synthetic_project):
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith(SPLIT_DONE)
+
+
+def test_a_stage_of_dvc_repro_as_pid_1_completes(synthetic_project):
+    """A container whose entrypoint is `dvc repro`, with no $SHELL: DVC is PID 1 and runs the
+    stage through dash's `sh -c`; the stage watches DVC, alive, and runs to its end."""
+    as_root = [] if os.geteuid() == 0 else ["--map-root-user"]
+    (synthetic_project / "dvc.yaml").write_text("stages:\n  split:\n    cmd: siamese split\n")
+    env = {k: v for k, v in env_for(synthetic_project).items() if k != "SHELL"}
+    dvc = [str(Path(siamese_command()).parent / "dvc")]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=synthetic_project, env=env, check=True)
+    done = subprocess.run(["unshare", *as_root, "--pid", "--fork", "--mount-proc", *dvc,
+                           "repro"], cwd=synthetic_project, env=env | {"DVC_NO_ANALYTICS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert SPLIT_DONE + "train" in done.stdout
 
 
 def held_file_server(folder: Path, asked: threading.Event, release: threading.Event):
