@@ -12,8 +12,9 @@ Each run in the checkout, holding or waiting, keeps a record (`.dvc/tmp/checkout
 its process and its flow run) and removes it when it ends; the next run to start finds the
 records of processes no longer running and sets their flow runs, if not yet final, Crashed.
 
-Prefect's own concurrency limits stay for what needs a real server: each deployment's
-`concurrency_limit` in prefect.yaml queues its own runs.
+Prefect's own concurrency limits stay for what needs a real server: the `nightly`
+deployment's `concurrency_limit: 1` in prefect.yaml queues its runs on the server, across
+workers.
 """
 
 import fcntl
@@ -47,16 +48,17 @@ def checkout_slot(root: Path, wait_s: float = WAIT_S) -> Iterator[None]:
 
 @contextmanager
 def hold_checkout(root: Path, wait_s: float, who: str) -> Iterator[None]:
-    """`flock` on the checkout's lock file while the block runs; `who` is written into it. If
-    another process holds it: one line naming that one, then a wait of at most `wait_s`
-    seconds, then a PipelineError in one line."""
+    """`flock` on the checkout's lock file while the block runs; `who` and since when are
+    written into it. If another process holds it: one line naming that one, then a wait of at
+    most `wait_s` seconds, then a PipelineError in one line."""
     path = root / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         wait_for_lock(fd, path, wait_s)
+        since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, who.encode(), 0)
+        os.pwrite(fd, f"{who} since {since}".encode(), 0)
         yield
     finally:
         os.close(fd)  # the lock goes with it
@@ -96,8 +98,7 @@ def held_by(path: Path) -> str:
 
 def holder(flow_run: dict[str, str] | None) -> str:
     run = f", flow run '{flow_run['name']}' {flow_run['id']}" if flow_run else ""
-    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"pid {os.getpid()} (`{command()}`{run}) since {since}"
+    return f"pid {os.getpid()} (`{command()}`{run})"
 
 
 def command() -> str:

@@ -15,8 +15,8 @@ WITH_PARENT = ("import os, sys; from siamese.processes import die_with_parent; "
 
 
 def with_parent(args: list[str]) -> list[str]:
-    """`args` as a command that dies with this process (kill -9 included), which starts it
-    from its main thread (see die_with_parent): the flow's `dvc repro`, the Prefect server."""
+    """`args` as a command that dies with this process, kill -9 included (start it from the
+    main thread: see die_with_parent); the flow's `dvc repro`, the temporary Prefect server."""
     return [sys.executable, "-c", WITH_PARENT, str(os.getpid()), *args]
 
 
