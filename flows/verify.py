@@ -23,7 +23,9 @@ It never runs beside a stage: it holds DVC's repo lock (.dvc/tmp/lock) and DVC's
 (.dvc/tmp/rwlock) for writing every output of dvc.yaml. `dvc repro` holds the repo lock except
 while a stage's command runs, and through that command the rwlock on the stage's outputs
 (writing) and dependencies (reading); so a running repro is met by one lock or the other, and
-verify says so in one line. The flow runs this before its stages.
+verify says so in one line. `siamese verify` also holds the checkout's run guard, which a flow
+run holds from start to end (between its stages it holds no DVC lock). The flow runs this
+before its stages.
 """
 
 import hashlib
@@ -290,17 +292,44 @@ def outputs_locked(root: Path, repo: Any) -> Iterator[None]:
         yield
 
 
-def verify(root: Path | str = ".",
-           with_remote: bool = False) -> tuple[list[Copy], list[Action]]:
-    """Check and repair, under DVC's repo lock and its rwlock on every output; (the copies as
-    found, what was done about those not good)."""
+@contextmanager
+def checkout_held(root: Path) -> Iterator[None]:
+    """The checkout's run guard (flows/guard.py's `flock`), held while the block runs: between
+    two stages of a flow run no DVC lock is held, and a verify holding DVC's lock then would
+    fail the next stage's `dvc repro` at it. A run holding the guard is one PipelineError."""
+    from flows import guard
+
+    path = root / guard.LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not guard.try_lock(fd):
+            raise PipelineError(
+                f"{root}: a run holds this checkout ({guard.held_by(path)}); verify never runs "
+                "beside one (the flow verifies before its stages): rerun when it ends")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} (`siamese verify`)".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
+def verify(root: Path | str = ".", with_remote: bool = False,
+           hold_checkout: bool = False) -> tuple[list[Copy], list[Action]]:
+    """Check and repair, under DVC's repo lock and its rwlock on every output, and with
+    `hold_checkout` the checkout's run guard (a flow run, which holds it, calls this without);
+    (the copies as found, what was done about those not good)."""
     root = Path(root).resolve()
     if not (root / "dvc.lock").exists():
         return [], []
     remote = default_remote(root) if with_remote else None
     if with_remote and remote is None:
         raise PipelineError("verify --remote: no DVC remote is configured (`dvc remote add -d`)")
-    with locked_repo(root) as repo, outputs_locked(root, repo):
+    with ExitStack() as stack:
+        if hold_checkout:
+            stack.enter_context(checkout_held(root))
+        repo = stack.enter_context(locked_repo(root))
+        stack.enter_context(outputs_locked(root, repo))
         remote_odb = open_remote(repo, remote) if remote is not None else None
         copies = check(repo, remote_odb)
         stale = remove_stale_temporaries(copies)
@@ -334,7 +363,7 @@ def run(root: Path | str = ".", with_remote: bool = False) -> None:
     """`siamese verify [--remote]`: print what was found and done; an error when a corrupt file
     had no good copy left (its output is then rebuilt by the next `dvc repro`), a repair
     failed, or a folder could not be read."""
-    copies, actions = verify(root, with_remote)
+    copies, actions = verify(root, with_remote, hold_checkout=True)
     print(summary(copies, actions))
     faults = [template.format(n=n) for kind, template in FAULTS.items()
               if (n := sum(a.kind == kind for a in actions))]

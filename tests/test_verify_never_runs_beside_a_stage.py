@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from tests import REPO
 from tests.flowkit import HOLD_LOCK
 from tests.verifykit import BIN, background, make_project, sh, wait_for, waiting_project
 
@@ -77,3 +78,34 @@ def test_verify_while_dvc_holds_its_repo_lock_names_the_holder(tmp_path):
     assert done.stderr.startswith(f"siamese verify: error: DVC's lock {project / '.dvc/tmp/lock'} "
                                   f"is held by pid {holder.pid}: ")
     assert len(done.stderr.splitlines()) == 1
+
+
+# `python -c HOLD_CHECKOUT` in a project: holds the checkout's run guard as a flow run does
+# from its start to its end, printing "held" once it holds it.
+HOLD_CHECKOUT = """
+import os, time
+from pathlib import Path
+from flows.guard import hold_checkout
+with hold_checkout(Path("."), 0, f"pid {os.getpid()} (`siamese run`)"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_verify_beside_a_flow_run_between_its_stages_says_so(tmp_path):
+    """Between two stages a flow run holds no DVC lock, only the checkout's run guard; a
+    verify then holding DVC's lock would fail the next stage's `dvc repro` at it."""
+    project = make_project(tmp_path / "project")
+    holder = background(project, sys.executable, "-c", HOLD_CHECKOUT, PYTHONPATH=str(REPO))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = sh(project, SIAMESE, "verify", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1 and done.stdout == ""
+    assert re.fullmatch(
+        rf"siamese verify: error: {re.escape(str(project))}: a run holds this checkout \(pid "
+        rf"{holder.pid} \(`siamese run`\) since [-0-9: ]+UTC\); verify never runs beside one "
+        r"\(the flow verifies before its stages\): rerun when it ends\n", done.stderr), done.stderr
+    assert "verify: workspace: 3 good" in sh(project, SIAMESE, "verify").stdout
