@@ -5,7 +5,9 @@ touching nothing (issue 29, item 3). The flow's pre-stage verify does the same."
 
 import hashlib
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -64,48 +66,47 @@ def test_the_flows_verify_beside_a_running_dvc_repro_ends_the_run_in_one_line(
     assert (project / "model.txt").read_text() == SEED_5
 
 
-def test_verify_while_dvc_holds_its_repo_lock_names_the_holder(tmp_path):
-    """Between two stages, and while it commits one, `dvc repro` holds .dvc/tmp/lock."""
-    project = make_project(tmp_path / "project")
-    holder = background(project, sys.executable, "-c", HOLD_LOCK)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        done = sh(project, SIAMESE, "verify", check=False)
-    finally:
-        holder.kill()
-        holder.wait()
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.startswith(f"siamese verify: error: DVC's lock {project / '.dvc/tmp/lock'} "
-                                  f"is held by pid {holder.pid}: ")
-    assert len(done.stderr.splitlines()) == 1
-
-
 # `python -c HOLD_CHECKOUT` in a project: holds the checkout's run guard as a flow run does
-# from its start to its end, printing "held" once it holds it.
+# from its start to its end, printing "locked" once it holds it.
 HOLD_CHECKOUT = """
 import os, time
 from pathlib import Path
 from flows.guard import hold_checkout
 with hold_checkout(Path("."), 0, f"pid {os.getpid()} (`siamese run`)"):
-    print("held", flush=True)
+    print("locked", flush=True)
     time.sleep(120)
 """
+
+
+def verify_while_held(project: Path, hold: str) -> tuple[subprocess.CompletedProcess, int]:
+    """`siamese verify` while `python -c hold` holds a lock; (its result, the holder's pid)."""
+    holder = background(project, sys.executable, "-c", hold, PYTHONPATH=str(REPO))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        return sh(project, SIAMESE, "verify", check=False), holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_verify_while_dvc_holds_its_repo_lock_names_the_holder(tmp_path):
+    """Between two stages, and while it commits one, `dvc repro` holds .dvc/tmp/lock."""
+    project = make_project(tmp_path / "project")
+    done, pid = verify_while_held(project, HOLD_LOCK)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"siamese verify: error: DVC's lock {project / '.dvc/tmp/lock'} "
+                                  f"is held by pid {pid}: ")
+    assert len(done.stderr.splitlines()) == 1
 
 
 def test_verify_beside_a_flow_run_between_its_stages_says_so(tmp_path):
     """Between two stages a flow run holds no DVC lock, only the checkout's run guard; a
     verify then holding DVC's lock would fail the next stage's `dvc repro` at it."""
     project = make_project(tmp_path / "project")
-    holder = background(project, sys.executable, "-c", HOLD_CHECKOUT, PYTHONPATH=str(REPO))
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        done = sh(project, SIAMESE, "verify", check=False)
-    finally:
-        holder.kill()
-        holder.wait()
+    done, pid = verify_while_held(project, HOLD_CHECKOUT)
     assert done.returncode == 1 and done.stdout == ""
     assert re.fullmatch(
         rf"siamese verify: error: {re.escape(str(project))}: a run holds this checkout \(pid "
-        rf"{holder.pid} \(`siamese run`\) since [-0-9: ]+UTC\); verify never runs beside one "
+        rf"{pid} \(`siamese run`\) since [-0-9: ]+UTC\); verify never runs beside one "
         r"\(the flow verifies before its stages\): rerun when it ends\n", done.stderr), done.stderr
     assert "verify: workspace: 3 good" in sh(project, SIAMESE, "verify").stdout
