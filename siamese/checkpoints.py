@@ -30,8 +30,9 @@ LIBRARY = Path(paths.__file__).parent
 CODE = tuple(LIBRARY.parent / name for name in (
     "tasks/train.py", "siamese/atomic.py", "siamese/augment.py", "siamese/checkpoints.py",
     "siamese/config.py", "siamese/cpu.py", "siamese/distributed.py", "siamese/episodes.py",
-    "siamese/errors.py", "siamese/images.py", "siamese/lockcheck.py", "siamese/model.py",
-    "siamese/objectives.py", "siamese/paths.py", "siamese/scoring.py", "siamese/trainlog.py",
+    "siamese/errors.py", "siamese/gemm.py", "siamese/images.py", "siamese/lockcheck.py",
+    "siamese/model.py", "siamese/objectives.py", "siamese/paths.py", "siamese/scoring.py",
+    "siamese/trainlog.py",
 ))
 
 
