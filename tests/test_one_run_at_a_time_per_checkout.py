@@ -72,8 +72,8 @@ def flow_run_states(home: Path) -> list[str]:
 
 def test_kill_9_of_a_run_leaves_no_server_no_held_checkout_and_no_running_flow_run(tmp_path):
     """Prefect's temporary server (no PREFECT_API_URL), as an operator runs it: a second run
-    says whom it waits for and gives up; after kill -9 of the first, its server and stage end,
-    the next run completes, and the killed run is Crashed, not Running."""
+    says whom it waits for and gives up, a third waiting one ends at SIGTERM; after kill -9 of
+    the first, its server and stage end, the next run completes, and no run is left Running."""
     project = make_tiny_project(tmp_path / "tiny")
     started, go = tmp_path / "train-started", tmp_path / "go"
     stages = (project / "stages.py").read_text()
@@ -106,10 +106,20 @@ def test_kill_9_of_a_run_leaves_no_server_no_held_checkout_and_no_running_flow_r
         assert " since " in waiting[0] and waiting[0].endswith("giving up after 2 s"), said
         assert "Traceback" not in said, said
         errors = [line for line in said.splitlines() if line.startswith("siamese run: error:")]
-        assert errors == [line for line in errors if line.startswith(
-            f"siamese run: error: this checkout is still held by pid {first.pid} ")], said
-        assert len(errors) == 1 and errors[0].endswith(
-            "; gave up after 2 s of waiting (--wait): rerun once it ends"), said
+        assert len(errors) == 1 and errors[0].startswith(
+            f"siamese run: error: this checkout is still held by pid {first.pid} ") and \
+            errors[0].endswith("; gave up after 2 s of waiting (--wait): rerun once it ends"), said
+
+        waiter = subprocess.Popen([str(BIN / "siamese"), "run", "--wait", "120"], cwd=project,
+                                  env=env, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        assert waiter.stdout is not None
+        said = next((line for line in waiter.stdout if "waiting for" in line), "")
+        assert f"pid {first.pid} (`siamese run`" in said, said
+        signalled = time.monotonic()
+        waiter.send_signal(signal.SIGTERM)  # a waiting run stops at once
+        said += waiter.communicate(timeout=60)[0]
+        assert waiter.returncode != 0 and time.monotonic() - signalled < 15, said
 
         first.kill()  # kill -9 of `siamese run` itself, not of its process group
         first.wait()
@@ -120,7 +130,7 @@ def test_kill_9_of_a_run_leaves_no_server_no_held_checkout_and_no_running_flow_r
                                env=env, capture_output=True, text=True, timeout=300)
         assert third.returncode == 0, third.stdout + third.stderr
         assert "marked Crashed" in third.stdout + third.stderr
-        assert flow_run_states(home) == ["CRASHED", "FAILED", "COMPLETED"]
+        assert flow_run_states(home) == ["CRASHED", "FAILED", "CRASHED", "COMPLETED"]
     finally:
         go.touch()
         with contextlib.suppress(ProcessLookupError):
