@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --determinism: override a train parameter (repeatable; "
                             "with --emulate, of the small profile)")
     bench.add_argument("--emulate", action="store_true",
-                       help="with --determinism: a small profile's first steps under qemu-user "
-                            "as an AMD and an Intel CPU, compared layer by layer")
+                       help="with --determinism: a small profile's first steps on this CPU, "
+                            "on it capped at AVX2, and under qemu-user as an AMD and an Intel "
+                            "CPU, compared row by row")
     bench.add_argument("--json", action="store_true", help="with --determinism: as JSON")
     return parser
 
