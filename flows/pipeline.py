@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import remote
@@ -38,8 +38,9 @@ from flows.dvcstages import (
     stage_outcome,
 )
 from flows.guard import WAIT_S, checkout_slot
-from flows.report import publish_artifacts, publish_failure
+from flows.report import publish_artifacts
 from flows.server import check_api, schedule_server, watch_server
+from flows.summary import RunRecord, run_label, state_name
 from siamese import paths
 from siamese.config import check_params
 from siamese.errors import PipelineError
@@ -75,18 +76,20 @@ class TimeLimits:
 
 @task(name="dvc-stage", task_run_name="{stage}")
 def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = False,
-              limits: TimeLimits = TimeLimits()) -> dict[str, Any] | State:
+              limits: TimeLimits = TimeLimits()) -> State:
     """Reproduce one stage with `dvc repro --single-item`; its output is this task's log.
 
+    The task's state is named by the stage's outcome ("Ran", "Up to date", "Restored"), as
+    Prefect's UI shows it; its result is the row {stage, outcome, seconds}.
     `up_to_date`: the flow's `dvc status` found nothing changed here, so no process starts.
     A failed stage ends the task in a Failed state whose message holds the last lines of the
     output (retried where RETRIES says so): the failure is the stage's, not a Python error,
-    so no traceback. When `limits` run out, the stage's processes are killed and the task
-    fails saying which limit it was."""
+    so no traceback; its data is the row, with the last lines as `tail`. When `limits` run
+    out, the stage's processes are killed and the task fails saying which limit it was."""
     logger = get_run_logger()
     if up_to_date:
         logger.info(f"Stage '{stage}' didn't change (dvc status), skipping")
-        return {"stage": stage, "outcome": "up to date", "seconds": 0.0}
+        return stage_state(stage, "up to date", 0.0)
     args = dvc("repro", "--single-item", stage)
     if force:
         args.append("--force")
@@ -95,18 +98,25 @@ def run_stage(stage: str, root: str, force: bool = False, up_to_date: bool = Fal
     start = time.monotonic()
     status, lines = run_logged(args, Path(root), logger, timeout_s)
     seconds = round(time.monotonic() - start, 2)
+    failed = {"stage": stage, "seconds": seconds, "tail": lines[-TAIL_LINES:]}
     if status is None:
-        return Failed(message=(
+        return Failed(name="Timed out", data=failed | {"outcome": "timed out"}, message=(
             f"stage '{stage}' timed out after {timeout_s:g} s ({limit}) and was killed; earlier "
             "stages' outputs are intact"))
     if status != 0:
         tail = "\n".join(lines[-TAIL_LINES:])
-        return Failed(message=(
+        return Failed(data=failed | {"outcome": "failed"}, message=(
             f"stage '{stage}' failed (dvc repro exit status {status}); earlier stages' outputs "
             f"are intact, its own last good outputs are in the DVC cache (`dvc checkout {stage}`)."
             f" Its last lines:\n{tail}"
         ))
-    return {"stage": stage, "outcome": outcome, "seconds": seconds}
+    return stage_state(stage, outcome, seconds)
+
+
+def stage_state(stage: str, outcome: str, seconds: float) -> State:
+    """A finished stage's Completed state, named by its outcome for Prefect's UI."""
+    return Completed(name=state_name(outcome),
+                     data={"stage": stage, "outcome": outcome, "seconds": seconds})
 
 
 def stage_task(stage: str):
@@ -204,8 +214,8 @@ def pipeline_flow(repo: str = ".", force: bool = False, push: bool = False,
 def run_in_order(root: Path, force: bool, push: bool,
                  limits: TimeLimits) -> list[dict[str, Any]] | State:
     """The flow's body: pull, verify, each stage in DVC's order, push; the artifacts always."""
-    found = git_revision(root)  # the tree as this run found it, before its stages write
-    results: list[dict[str, Any]] = []
+    record = RunRecord(found=git_revision(root))  # the tree as found, before the stages write
+    label_run(root, record.found)
     try:
         action = "dvc pull" + (" and push" if push else "")
         with_remote = remote.configured(root, action) is not None
@@ -215,25 +225,57 @@ def run_in_order(root: Path, force: bool, push: bool,
             remote.remove_partial_objects(root)
         # Re-hash the outputs; repair each corrupt copy, or remove it for its stage to rebuild.
         print(verification.summary(*verification.verify(root)))
-        stages, changed = read_pipeline(root, force)
-        for stage in stages:
+        record.stages, changed = read_pipeline(root, force)
+        for stage in record.stages:
             # Once a stage has run, DVC itself judges the stages after it.
             known_fresh = changed is not None and stage not in changed and all(
-                r["outcome"] == "up to date" for r in results)
+                r["outcome"] == "up to date" for r in record.results)
             state = stage_task(stage)(stage, str(root), force, up_to_date=known_fresh,
                                       limits=limits, return_state=True)
             if state.is_failed():
-                publish_failure(state.message or f"stage '{stage}' failed")
+                record_failure(record, stage, state)
                 return Failed(message=state.message)  # the later stages do not run
-            results.append(state.result())
+            record.results.append(state.result())
         if push and with_remote:
             push_task(str(root))
+        record.completed = True
+    except BaseException as e:  # recorded for the summary, then raised as it was
+        record.fail(str(e) or type(e).__name__)
+        raise
     finally:
+        label_run(root, record.found)  # again: with the data's fingerprint, once known
         try:
-            publish_artifacts(root, results, found, FLOW_NAME)
+            publish_artifacts(root, record, FLOW_NAME)
         except Exception as e:  # never hide the stage's own failure behind a report's
             get_run_logger().warning(f"flow artifacts not written: {e}")
-    return results
+    return record.results
+
+
+def record_failure(record: RunRecord, stage: str, state: State) -> None:
+    """The failed stage's row (its outcome and seconds) and its last lines, into `record`."""
+    message = state.message or f"stage '{stage}' failed"
+    row = state.result(raise_on_failure=False)
+    if not isinstance(row, dict):  # a failure outside the stage's command: a Python error
+        row = {"stage": stage, "outcome": "failed", "seconds": 0.0}
+    tail = row.pop("tail", [])
+    record.results.append(row)
+    record.fail(message, stage, tail)
+
+
+def label_run(root: Path, found: tuple[str, bool]) -> None:
+    """Name and tag this flow run by what it runs (flows/summary.py's run_label), keeping the
+    tags it has (a deployment's, a sweep's): as it starts, and as it ends, when the data's
+    fingerprint is known."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name, tags = run_label(root, found)
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name,
+                                   tags=sorted(set(flow_run.tags) | set(tags)))
+    except Exception as e:  # a label is a convenience: never the reason a run fails
+        get_run_logger().warning(f"flow run not named or tagged: {e}")
 
 
 def summary(results: list[dict[str, Any]], seconds: float) -> str:

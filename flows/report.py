@@ -1,8 +1,10 @@
 """What a pipeline flow run leaves on the Prefect server, as data, and how it is read back.
 
-Each run leaves table artifacts (JSON rows): `omniglot-metrics` (the metrics), `omniglot-
-provenance` (one row: data set fingerprint, params digest, git revision, and whether tracked
-files differed from it when the run started) and `omniglot-stages` (each stage's outcome);
+Each run leaves `omniglot-summary` (Markdown, the run at a glance: flows/summary.py) and
+table artifacts (JSON rows): `omniglot-metrics` (the metrics; a completed run's only),
+`omniglot-provenance` (one row: git revision, whether tracked files differed from it when the
+run started, data set fingerprint, params digest) and `omniglot-stages` (each stage's outcome,
+a failed one's too); a failed run leaves `omniglot-failure` (the stage and its last lines);
 a deployment's run also leaves `omniglot-changes`, what changed since the previous completed
 run (`siamese lineage --diff`, run as a command, as the stages run `dvc`).
 """
@@ -15,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flows.summary import SUMMARY_KEY, RunRecord, failure_markdown, summary_markdown
 from siamese import paths
 from siamese.provenance import dataset_fingerprint, params_digest
 
@@ -53,8 +56,8 @@ def provenance_row(root: Path, found: tuple[str, bool]) -> dict[str, Any]:
     """The run's provenance; `found`: (git revision, dirty) as the run found the tree, before
     its stages rewrote dvc.lock and the tracked reports."""
     revision, dirty = found
-    return {"fingerprint": dataset_fingerprint(root), "params_digest": params_digest(root),
-            "git_revision": revision, "dirty": dirty,
+    return {"git_revision": revision, "dirty": dirty,  # first: what the UI's narrow table shows
+            "fingerprint": dataset_fingerprint(root), "params_digest": params_digest(root),
             "metrics": paths.METRICS.as_posix() if (root / paths.METRICS).exists() else None}
 
 
@@ -134,32 +137,31 @@ def changes_since(root: Path, previous: str | None, current: str) -> str:
     return done.stdout
 
 
-def publish_artifacts(root: Path, results: list[dict[str, Any]], found: tuple[str, bool],
-                      flow_name: str) -> None:
-    """The metrics, provenance and stage tables; for a deployment's (scheduled) run, also
-    what changed since the previous completed run."""
+def publish_artifacts(root: Path, record: RunRecord, flow_name: str) -> None:
+    """The summary, provenance and stage tables, and for a completed run the metrics (a failed
+    run's workspace holds an earlier run's); a failed run's failure; for a deployment's
+    (scheduled) run, also what changed since the previous completed run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.runtime import deployment, flow_run
 
-    rows = metrics_rows(root)
+    create_markdown_artifact(summary_markdown(root, record), key=SUMMARY_KEY,
+                             description="the run at a glance: outcome, stages, results, "
+                                         "provenance")
+    if record.failure:
+        create_markdown_artifact(f"# The run failed\n\n{failure_markdown(record)}\n",
+                                 key=FAILURE_KEY,
+                                 description="the failing stage and its last lines")
+    rows = metrics_rows(root) if record.completed else []
     if rows:
         create_table_artifact(rows, key=METRICS_KEY, description=f"{paths.METRICS}")
-    create_table_artifact([provenance_row(root, found)], key=PROVENANCE_KEY,
-                          description="data set fingerprint, params digest, git revision")
-    if results:
-        create_table_artifact(results, key=STAGES_KEY,
+    create_table_artifact([provenance_row(root, record.found)], key=PROVENANCE_KEY,
+                          description="git revision, dirty, data set fingerprint, params digest")
+    if record.results:
+        create_table_artifact(record.results, key=STAGES_KEY,
                               description="each stage's outcome and seconds")
     if deployment.id is not None:
         previous = previous_revision(flow_name, flow_run.id)
         create_markdown_artifact(
-            changes_since(root, previous, found[0]), key=CHANGES_KEY,
+            changes_since(root, previous, record.found[0]), key=CHANGES_KEY,
             description="siamese lineage --diff from the previous completed run to this one",
         )
-
-
-def publish_failure(message: str) -> None:
-    """Why the run failed, as the artifact `omniglot-failure`."""
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(f"# The run failed\n\n```\n{message}\n```\n", key=FAILURE_KEY,
-                             description="the failing stage and its last lines")
