@@ -111,7 +111,7 @@ def stages_markdown(record: RunRecord) -> str:
 
 def failure_markdown(record: RunRecord) -> str:
     where = f"Stage `{record.failed_stage}`" if record.failed_stage else "The run"
-    first = (record.failure or "").splitlines()[0]
+    first = (record.failure or "").splitlines()[0].removesuffix(" Its last lines:")
     text = f"## Failure\n\n{where}: {first}"
     if record.tail:
         text += "\n\nIts last lines:\n\n```\n" + "\n".join(record.tail) + "\n```"
