@@ -25,7 +25,7 @@ from tests.flowkit import (
     set_param,
 )
 
-pytestmark = pytest.mark.slow  # Prefect's temporary server and three flow runs: ~30 s
+pytestmark = pytest.mark.slow  # Prefect's temporary server and four flow runs: ~40 s
 
 STAGES = ["fetch", "index", "train", "evaluate"]
 TRAIN_WRITES = ('    Path("models/model.pt").write_text(f"lr={p[\'train\'][\'lr\']}")\n'
@@ -54,17 +54,21 @@ def make_project(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """(project, flow runs): built, then cached, then failed in train."""
+    """(project, flow runs): built, cached, index restored from DVC's run cache, then failed
+    in train."""
     request.getfixturevalue("prefect_session")
     from flows.pipeline import pipeline_flow
 
     project = make_project(tmp_path_factory.mktemp("ui") / "tiny")
     built = pipeline_flow(repo=str(project), return_state=True)
     cached = pipeline_flow(repo=str(project), return_state=True)
+    (project / "data/manifests/dataset.json").unlink()
+    restored = pipeline_flow(repo=str(project), return_state=True)
     set_param(project, "train", "fail", True)
     set_param(project, "train", "lr", 0.5)  # train reruns, and fails
     failed = pipeline_flow(repo=str(project), return_state=True)
-    return project, {"built": built, "cached": cached, "failed": failed}
+    return project, {"built": built, "cached": cached, "restored": restored,
+                     "failed": failed}
 
 
 def flow_run(state):
@@ -87,6 +91,8 @@ def test_stage_outcomes_are_the_task_runs_state_names(runs):
     _, states = runs
     assert state_names(states["built"]) == dict.fromkeys(STAGES, "Ran")
     assert state_names(states["cached"]) == dict.fromkeys(STAGES, "Up to date")
+    assert state_names(states["restored"]) == dict.fromkeys(STAGES, "Up to date") | {
+        "index": "Restored"}
     assert state_names(states["failed"]) == {"fetch": "Up to date", "index": "Up to date",
                                              "train": "Failed"}  # evaluate never started
     assert all(s.is_completed() for s in (states["built"], states["cached"]))
