@@ -316,8 +316,9 @@ def serve_pipeline(cron: str | None = None, interval: float | None = None,
     """`siamese serve`: serve the flow on a cron or interval schedule until SIGTERM/Ctrl+C.
 
     Schedules need a Prefect server with its scheduler (the temporary one has none): the one
-    at PREFECT_API_URL, or else a local one this command starts and stops (`prefect server
-    start --background`, its database and PID file under PREFECT_HOME; flows/server.py).
+    at PREFECT_API_URL, or else a local one this command starts as its child and stops, kill
+    -9 included (`prefect server start`, its database and log under PREFECT_HOME;
+    flows/server.py).
     """
     from prefect.flows import EntrypointType
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -1,8 +1,7 @@
 """The Prefect server the flows talk to: the one at PREFECT_API_URL, checked before a run; or
-else Prefect's temporary server, started by this process as a child that dies with it (kill -9
-included); or, for `siamese serve` without PREFECT_API_URL, a local server started with
-Prefect's own `prefect server start --background` (its PID file PREFECT_HOME/server.pid) and
-stopped with `prefect server stop`."""
+else Prefect's temporary server; or, for `siamese serve` without PREFECT_API_URL, a local
+`prefect server start` with its scheduler. Either of the last two is this process's child and
+dies with it, kill -9 included."""
 
 import os
 import signal
@@ -92,38 +91,34 @@ def free_port() -> int:
 @contextmanager
 def schedule_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
     """The API URL of the server that keeps `siamese serve`'s schedule: PREFECT_API_URL's, or
-    else a local one that this starts with `prefect server start --background` and stops with
-    `prefect server stop` when it ends (SIGTERM included); one it did not start it leaves."""
+    else a local one that this starts as its child, `prefect server start` (its log
+    PREFECT_HOME/server.log), and stops when it ends: SIGTERM or Ctrl-C, and kill -9 too, since
+    the child gets SIGTERM when this process dies. One it did not start it leaves."""
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
     if url:
         yield url
         return
-    env = {**os.environ, "PREFECT_HOME": str(Path(get_current_settings().home).resolve())}
+    home = Path(get_current_settings().home).resolve()
+    env = {**os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     port = free_port()  # Prefect's default, 4200, may be another server's
     url = f"http://127.0.0.1:{port}/api"
-    pid_file = Path(env["PREFECT_HOME"]) / "server.pid"  # where `prefect server` keeps it
-    print(f"starting a local Prefect server for the schedule: {url} "
-          f"(`prefect server start --background`, its PID in {pid_file})")
-    started = prefect_cli(root, env, "server", "start", "--background", "--host", "127.0.0.1",
-                          "--port", str(port))
-    if started.returncode != 0:
-        reason = " ".join(started.stdout.split()[-40:] + started.stderr.split()[-40:])
-        raise PipelineError(f"`prefect server start --background` failed: {reason}")
-    pid = int(pid_file.read_text())
+    log_path = home / "server.log"
+    print(f"starting a local Prefect server for the schedule: {url} (`prefect server start`, "
+          f"its log {log_path})")
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            with_parent([sys.executable, "-m", "prefect", "server", "start", "--host",
+                         "127.0.0.1", "--port", str(port)]),
+            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_server(url, pid, timeout)
+        wait_for_server(url, server.pid, log_path, timeout)
         yield url
     finally:
-        prefect_cli(root, env, "server", "stop")
-        wait_for_exit(pid, 30.0)
-
-
-def prefect_cli(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=root, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        stop(server, 30.0)
 
 
 def alive(pid: int) -> bool:
@@ -134,9 +129,9 @@ def alive(pid: int) -> bool:
     return not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for_server(url: str, pid: int, timeout: float) -> None:
+def wait_for_server(url: str, pid: int, log_path: Path, timeout: float) -> None:
     """Until `url` answers; a PipelineError when the server's process `pid` ends first or it
-    takes longer than `timeout` seconds (a background server logs nowhere)."""
+    takes longer than `timeout` seconds."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -146,21 +141,19 @@ def wait_for_server(url: str, pid: int, timeout: float) -> None:
                 return
         except OSError:
             if not alive(pid) or time.monotonic() > deadline:
-                raise PipelineError(
-                    f"the local Prefect server (pid {pid}) did not start; a background server "
-                    "logs nowhere: run `prefect server start` in the foreground to see why"
-                ) from None
+                raise PipelineError(f"the local Prefect server (pid {pid}) did not start: "
+                                    f"its log {log_path} says why") from None
             time.sleep(0.5)
 
 
-def wait_for_exit(pid: int, timeout: float) -> None:
-    """`prefect server stop` sends SIGTERM and returns; wait for the server to end, else kill."""
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            return
-        time.sleep(0.2)
+def stop(server: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to `server`, then SIGKILL if it has not ended within `timeout` seconds."""
+    server.terminate()
+    try:
+        server.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 @contextmanager

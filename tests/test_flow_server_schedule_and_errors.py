@@ -14,8 +14,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.server import health
 from tests import REPO
-from tests.flowkit import BIN, OFFLINE, api, cli_env, make_tiny_project, run, set_param
+from tests.flowkit import (
+    BIN,
+    OFFLINE,
+    alive,
+    api,
+    cli_env,
+    cmdline,
+    descendants,
+    make_tiny_project,
+    run,
+    set_param,
+)
 
 pytestmark = pytest.mark.slow
 COMPLETED_FLOW = re.compile(r"Flow run '[^']+' - Finished in state Completed\(\)")
@@ -163,15 +175,21 @@ def test_prefect_yaml_deploys_to_a_work_pool(server, tmp_path):
     assert nightly["pull_steps"] == [{"flows.worker.enter_checkout": {"variable": "SIAMESE_REPO"}}]
 
 
-def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
+def start_serve(tmp_path: Path, *args: str, **env: str) -> tuple[Path, subprocess.Popen, Path]:
+    """`siamese serve ARGS` on the tiny project in a session of its own, its output logged:
+    (the project, the process, the log)."""
     project = make_tiny_project(tmp_path / "tiny")
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "siamese"), "serve", "--interval", "2", "--name", "test-schedule"],
-            cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=cli_env(tmp_path / "home", PREFECT_RUNNER_POLL_FREQUENCY="1"),
-        )
+        proc = subprocess.Popen([str(BIN / "siamese"), "serve", *args], cwd=project, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env=cli_env(tmp_path / "home", **env))
+    return project, proc, log_path
+
+
+def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
+    project, proc, log_path = start_serve(tmp_path, "--interval", "2", "--name", "test-schedule",
+                                          PREFECT_RUNNER_POLL_FREQUENCY="1")
     try:
         wait_for(lambda: len(COMPLETED_FLOW.findall(log_path.read_text())) >= 2, 240,
                  "two scheduled runs")
@@ -192,3 +210,23 @@ def test_served_schedule_starts_runs_and_sigterm_stops_everything(tmp_path):
     # DVC is left consistent: `dvc repro` restores or rebuilds what the cancelled run lost.
     run(["dvc", "repro"], project)
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_kill_9_of_serve_takes_its_server_with_it(tmp_path):
+    """The schedule's server is `siamese serve`'s child, which dies with it: no server is left
+    to a rerun after kill -9."""
+    _, proc, log_path = start_serve(tmp_path, "--cron", "0 0 1 1 *", "--name", "test-kill")
+    try:
+        url = wait_for(lambda: re.search(r"schedule: (http\S+)", log_path.read_text()), 60,
+                       "the server's URL")[1]
+        wait_for(lambda: health(url) == "answers", 120, "the server")
+        below = {pid: cmdline(pid) for pid in descendants(proc.pid)}
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while health(url) != "refused" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert health(url) == "refused", "the server still answers after kill -9 of serve"
+        assert not [command for pid, command in below.items() if alive(pid)]
+    finally:
+        stop_session(proc, 10)
