@@ -84,5 +84,29 @@ def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     if images.is_cuda:  # from pinned memory the copy does not make the host wait
         theta = theta.pin_memory()
     theta = theta.to(images.device, non_blocking=True)
-    grid = sampling_grid(theta, images.shape[-1])
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return bilinear(images, sampling_grid(theta, images.shape[-1]))
+
+
+def bilinear(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """grid_sample(images, grid, bilinear, zeros padding, align_corners=False) of a batch
+    [B, 1, S, S], written out as floor, gathers, + and x. ATen's AVX2 bilinear kernel gives
+    other bits under qemu-user than on the hardware, so no emulated CPU could check it; these
+    ops give the same bits on both."""
+    batch, size = images.shape[0], images.shape[-1]
+    x = ((grid[..., 0] + 1) * size - 1) / 2  # pixel coordinates of each sample
+    y = ((grid[..., 1] + 1) * size - 1) / 2
+    x0, y0 = x.floor(), y.floor()
+    wx, wy = x - x0, y - y0
+    side = size + 2  # one blank pixel around the image: a neighbour outside it reads 0
+    flat = F.pad(images[:, 0], (1, 1, 1, 1)).reshape(batch, -1)
+
+    def column(c: torch.Tensor) -> torch.Tensor:
+        return (c.clamp(-1, size) + 1).long()
+
+    def pixels(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        index = column(row) * side + column(col)
+        return flat.gather(1, index.reshape(batch, -1)).view_as(x)
+
+    top = pixels(y0, x0) * (1 - wx) + pixels(y0, x0 + 1) * wx
+    bottom = pixels(y0 + 1, x0) * (1 - wx) + pixels(y0 + 1, x0 + 1) * wx
+    return (top * (1 - wy) + bottom * wy).unsqueeze(1)
