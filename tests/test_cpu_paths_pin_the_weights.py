@@ -15,19 +15,17 @@ from siamese.errors import PipelineError
 from tests.stagekit import siamese_command
 from tools.bench.probe import emulated_probes, first_difference, format_emulated
 
-# `siamese bench --determinism` on the real data (10 steps): (profile, train overrides, weights
-# sha256, scores sha256). The first is the profile of issue 18 (28x28, no rotations), the
-# second params.yaml's, the committed model's. pinned_probe_layers.json holds each profile's
-# first step layer by layer (`siamese bench --determinism --json`'s "layers"), to name where a
-# machine that computes other weights parts from these.
-PINNED = [
-    ("issue 18", ["--train", "rotations=1", "--train", "image_size=28"],
-     "2af77390263e4b676cf6e2e7d5dfc4398cc77791123316848ea8bc38972ebfec",
-     "bb9f07ce6f511255fe9d0fab1b507e20ba409f8c64b4c2dd568b4891988f50c6"),
-    ("default", [], "b3cdf7a246a15f8e3906c97439b4d0405dec2ce4d38746518c3ad2bb190b5d75",
-     "d94abfdf259f3e406d7c5e2d144ae7f5364c97ac9eba8371b894e0b15d965d62"),
-]
-PINNED_LAYERS = Path(__file__).with_name("pinned_probe_layers.json")
+# What this project's machine computed (`siamese bench --determinism --json`, and `--emulate`),
+# in the layout of ../shared/reference/: each probe's weights and scores sha256 and its rows
+# (the first step layer by layer, then what each step left), to name where a machine that
+# computes other weights parts from these. Profiles: params.yaml's, the committed model's
+# ("default"), and issue 18's (28x28, no rotations).
+PROBES = Path(__file__).with_name("probes") / "intel-xeon-6-167"
+PROFILES = {"default": [], "issue18": ["--train", "rotations=1", "--train", "image_size=28"]}
+
+
+def pinned_probe(profile: str, steps: int = 10) -> dict:
+    return json.loads((PROBES / f"probe-{profile}-steps{steps}.json").read_text())
 
 def torch_in_fresh_process(code: str, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -53,25 +51,27 @@ def test_native_keeps_what_the_user_set():
 
 
 # A training step's convolutions (forward, both gradients) with oneDNN's log on: its lines name
-# each primitive it runs.
+# each primitive it runs. Then whether siamese.gemm computed them, and the flags restored after.
 CONVOLVE = """
 import sys, torch
-from siamese import cpu
-conv = torch.nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+from siamese import cpu, gemm
+from siamese.model import Conv2d
+conv = Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
 x = torch.randn(16, 8, 12, 12, requires_grad=True).contiguous(memory_format=torch.channels_last)
 with cpu.kernels(sys.argv[1]):
     conv(x).sum().backward()
-print(torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled())
+    print(gemm.active(x))
+print(torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled(), gemm.active(x))
 """
 
 
 @pytest.mark.parametrize(("choice", "onednn_runs"), [("avx2", False), ("native", True)])
-def test_avx2_convolves_without_onednn(choice, onednn_runs):
+def test_avx2_convolves_by_the_pinned_gemm_not_onednn(choice, onednn_runs):
     done = subprocess.run([sys.executable, "-c", CONVOLVE, choice], capture_output=True,
                           text=True, env={**clean_env(), "ONEDNN_VERBOSE": "1"}, check=True)
     ran = [line for line in done.stdout.splitlines() if "primitive,exec" in line]
     assert bool(ran) is onednn_runs, ran[:3]
-    assert done.stdout.splitlines()[-1] == "True True"  # restored after
+    assert done.stdout.splitlines()[-2:] == [str(not onednn_runs), "True True False"]
 
 
 def test_paths_set_after_torch_loaded_are_a_warning(monkeypatch):
@@ -98,35 +98,39 @@ def test_the_allocator_is_tuned_on_glibc():
 
 @pytest.mark.slow
 @pytest.mark.skipif(cpu.unreproducible_reason("avx2") is not None, reason="no AVX2 here")
-@pytest.mark.parametrize(("profile", "overrides", "weights", "scores"), PINNED)
-def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root, profile,
-                                                                   overrides, weights, scores):
-    done = subprocess.run([siamese_command(), "bench", "--determinism", "--json", *overrides],
+@pytest.mark.parametrize("profile", PROFILES)
+def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root, profile):
+    done = subprocess.run([siamese_command(), "bench", "--determinism", "--json",
+                           *PROFILES[profile]],
                           cwd=real_data_root, capture_output=True, text=True, env=clean_env())
     assert done.returncode == 0, done.stderr
-    probe = json.loads(done.stdout)
+    probe, pinned = json.loads(done.stdout), pinned_probe(profile)
     assert probe["settings"] == cpu.PATHS["avx2"] and probe["aten_capability"] == "AVX2"
-    parted = first_difference(probe["layers"], json.loads(PINNED_LAYERS.read_text())[profile])
+    assert probe["openblas_kernels"] == "Haswell"
+    parted = first_difference(probe["layers"], pinned["layers"])
     where = f"{probe['cpu']} ({' '.join(probe['flags'])}); first to differ: {parted}"
-    assert probe["weights_sha256"] == weights, f"other weights on {where}"
-    assert probe["scores_sha256"] == scores, f"other scores on {where}"
-    assert parted is None, f"other layer outputs or gradients on {where}"
+    assert probe["weights_sha256"] == pinned["weights_sha256"], f"other weights on {where}"
+    assert probe["scores_sha256"] == pinned["scores_sha256"], f"other scores on {where}"
+    assert parted is None, f"other layer outputs, gradients or states on {where}"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
                     reason="qemu-user not installed (apt-get install qemu-user)")
-def test_an_emulated_amd_and_intel_cpu_compute_the_same_weights(real_data_root):
+def test_an_emulated_amd_and_intel_cpu_and_this_one_capped_compute_the_pinned_weights(
+        real_data_root):
     done = subprocess.run([siamese_command(), "bench", "--determinism", "--emulate", "--json"],
                           cwd=real_data_root, capture_output=True, text=True, env=clean_env())
     assert done.returncode == 0, done.stderr
-    first, *others = json.loads(done.stdout)
-    assert first["settings"] == cpu.PATHS["avx2"]
-    for other in others:
-        assert (other["weights_sha256"], other["first_difference"]) == (
-            first["weights_sha256"], None), (
-            f"{other['emulated_cpu']} parts from {first['emulated_cpu']} at "
-            f"{other['first_difference'] or 'the optimiser step'}")
+    rows = json.loads(done.stdout)
+    pinned = json.loads((PROBES / "emulated-steps2.json").read_text())[0]
+    assert [row["run_as"] for row in rows] == [
+        "this CPU", "this CPU, capped at AVX2", "EPYC-Milan", "Haswell-v4"]
+    for row in rows:
+        assert row["settings"] == cpu.PATHS["avx2"]
+        parted = first_difference(row["layers"], pinned["layers"])
+        assert (row["weights_sha256"], parted) == (pinned["weights_sha256"], None), (
+            f"{row['run_as']} parts from the pinned run at {parted}")
 
 
 @pytest.mark.slow
@@ -142,23 +146,25 @@ def test_emulated_runs_take_the_train_overrides_and_steps(real_data_root, tmp_pa
                           cwd=real_data_root, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
-    assert [row["emulated_cpu"] for row in rows] == ["EPYC-Milan", "Haswell-v4"]
+    assert [row["run_as"] for row in rows] == [
+        "this CPU", "this CPU, capped at AVX2", "EPYC-Milan", "Haswell-v4"]
     for row in rows:
         assert row["steps"] == 1
         assert row["train_overrides"] == {"episode_alphabets": 1, "episode_characters": 3,
                                           "rotations": 1, "cpu_paths": "avx2"}
-    assert rows[1]["weights_sha256"] == rows[0]["weights_sha256"]
+    assert {row["weights_sha256"] for row in rows} == {rows[0]["weights_sha256"]}
 
 
 def test_emulated_runs_say_which_cpu_parted_and_where():
-    rows = [{"emulated_cpu": cpu_model, "cpu_paths": "avx2", "steps": 2, "train_overrides": {},
+    rows = [{"run_as": run_as, "cpu_paths": "avx2", "steps": 2, "train_overrides": {},
              "weights_sha256": digest, "first_difference": parted}
-            for cpu_model, digest, parted in [("EPYC-Milan", "a" * 64, None),
-                                              ("Haswell-v4", "b" * 64,
-                                               "the output of features.0 (Conv2d) (first step)")]]
-    assert "first to differ from EPYC-Milan: the output of features.0" in format_emulated(rows)
+            for run_as, digest, parted in [("this CPU", "a" * 64, None),
+                                           ("EPYC-Milan", "b" * 64,
+                                            "the value of head.weight (after step 1)")]]
+    assert "first to differ from this CPU: the value of head.weight (after step 1)" in \
+        format_emulated(rows)
     rows[1].update(weights_sha256="a" * 64, first_difference=None)
-    assert format_emulated(rows).endswith("the same as EPYC-Milan")
+    assert format_emulated(rows).endswith("the same as this CPU")
 
 
 def test_emulation_without_qemu_is_one_clear_line(monkeypatch):
@@ -174,14 +180,21 @@ def test_probe_options_without_determinism_are_one_clear_line(capsys):
     assert "--emulate, --json, --train and --steps go with --determinism" in capsys.readouterr().err
 
 
-def test_the_first_layer_that_differs_is_named():
-    rows = [{"what": "output", "layer": "features.0 (Conv2d)", "sha256": "a"},
-            {"what": "gradient", "layer": "head.weight", "sha256": "b"}]
+def test_the_first_row_that_differs_is_named_within_a_step_and_between_steps():
+    rows = [{"what": "output", "layer": "features.0 (Conv2d)", "sha256": "a", "step": 1},
+            {"what": "gradient", "layer": "head.weight", "sha256": "b", "step": 1},
+            {"what": "optimiser exp_avg_sq", "layer": "head.weight", "sha256": "c", "step": 1},
+            {"what": "value", "layer": "head.weight", "sha256": "d", "step": 2}]
     assert first_difference(rows, rows) is None
-    other = [rows[0], {**rows[1], "sha256": "c"}]
-    assert first_difference(rows, other) == "the gradient of head.weight (first step)"
+    assert first_difference(rows, [rows[0], {**rows[1], "sha256": "x"}, *rows[2:]]) == \
+        "the gradient of head.weight (first step)"
+    assert first_difference(rows, [*rows[:2], {**rows[2], "sha256": "x"}, rows[3]]) == \
+        "the optimiser exp_avg_sq of head.weight (after step 1)"
+    assert first_difference(rows, [*rows[:3], {**rows[3], "sha256": "x"}]) == \
+        "the value of head.weight (after step 2)"
     assert "number of layer rows" in first_difference(rows, rows[:1])
-
+    earlier = [{k: v for k, v in row.items() if k != "step"} for row in rows[:2]]
+    assert first_difference(rows[:2], earlier) is None  # a probe before steps had rows
 
 
 def test_siamese_in_process_pins_nothing_once_torch_has_loaded(monkeypatch, tmp_path):

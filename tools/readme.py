@@ -3,7 +3,8 @@
 Block `results` is made from reports/metrics.json (accuracies and intervals),
 reports/train/metrics.json (the best step) and dvc.lock (the model's md5 and steps); blocks
 `frontier`, `seeds` and `long` are the tables that `siamese frontier` writes from the DVC
-experiments (docs/frontier, docs/seeds, docs/long). So no figure a run changes is typed by
+experiments (docs/frontier, docs/seeds, docs/long); block `probes` is the determinism probes
+committed beside the pins (tests/probes/MACHINE/). So no figure a run changes is typed by
 hand; a test checks that the committed README holds exactly what the committed files give.
 """
 
@@ -81,6 +82,35 @@ def results(root: Path) -> str:
     return "\n".join(lines)
 
 
+PROBES = Path("tests/probes")
+
+
+def profile_name(overrides: dict[str, Any]) -> str:
+    if not overrides:
+        return "`params.yaml`'s"
+    return ", ".join(f"{key} {value}" for key, value in overrides.items() if key != "cpu_paths")
+
+
+def probe_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs in a probe's file: one (`--json`), several (`--emulate --json`), or none (the
+    single ops of cpu_ops.py)."""
+    runs: Any = read_json(path)
+    return [run for run in (runs if isinstance(runs, list) else [runs]) if "weights_sha256" in run]
+
+
+def probes(root: Path) -> str:
+    """One row per committed probe: the machine folder, the run, the profile, its steps and
+    the sha256 of the weights after them."""
+    rows = sorted((path.parent.name, profile_name(run["train_overrides"]), run["steps"], index,
+                   run.get("run_as", "this CPU"), run["weights_sha256"][:12])
+                  for path in (root / PROBES).glob("*/*.json")
+                  for index, run in enumerate(probe_runs(path)))
+    return "\n".join(["| machine (folder) | profile | steps | run | weights |",
+                      "|---|---|---|---|---|",
+                      *(f"| {machine} | {profile} | {steps} | {run_as} | `{digest}…` |"
+                        for machine, profile, steps, _, run_as, digest in rows)])
+
+
 def table(path: Path) -> Callable[[Path], str]:
     def read(root: Path) -> str:
         try:
@@ -91,7 +121,8 @@ def table(path: Path) -> Callable[[Path], str]:
     return read
 
 
-BLOCKS = {"results": results, **{name: table(path) for name, path in TABLES.items()}}
+BLOCKS = {"results": results, "probes": probes,
+          **{name: table(path) for name, path in TABLES.items()}}
 
 
 def rewrite(text: str, root: Path) -> str:

@@ -298,13 +298,15 @@ def format_emulated(rows: list[dict[str, Any]]) -> str:
 
 
 def matmul_peak(torch) -> float:
-    """fp32 GFLOP/s of a square matrix multiply on this process's threads (best of 5), by the
+    """fp32 GFLOP/s of a matrix multiply on this process's threads (best of 5), by the
     kernel the network's layers use here: siamese.gemm's pinned one where it is active (within
     the `avx2` path), else torch's."""
     from siamese import gemm
 
-    a, b = torch.rand(MATMUL_SIZE, MATMUL_SIZE), torch.rand(MATMUL_SIZE, MATMUL_SIZE)
-    multiply = gemm.mm if gemm.active(a) else torch.mm
+    b = torch.rand(MATMUL_SIZE, MATMUL_SIZE)
+    pinned = gemm.active(b)  # then rows enough for a chunk on each thread
+    rows = max(MATMUL_SIZE, gemm.CHUNK_ROWS * torch.get_num_threads()) if pinned else MATMUL_SIZE
+    a, multiply = torch.rand(rows, MATMUL_SIZE), gemm.mm if pinned else torch.mm
     multiply(a, b)
     best = float("inf")
     for _ in range(5):
@@ -312,7 +314,7 @@ def matmul_peak(torch) -> float:
         for _ in range(4):
             multiply(a, b)
         best = min(best, (time.perf_counter() - started) / 4)
-    return 2 * MATMUL_SIZE**3 / best / 1e9
+    return 2 * rows * MATMUL_SIZE**2 / best / 1e9
 
 
 def format_probe(result: dict[str, Any]) -> str:
