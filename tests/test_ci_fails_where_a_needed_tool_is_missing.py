@@ -16,7 +16,7 @@ import pytest
 from tests import REPO
 
 EMULATED = "tests/test_cpu_paths_pin_the_weights.py::" \
-           "test_an_emulated_amd_and_intel_cpu_compute_the_same_weights"
+           "test_an_emulated_amd_and_intel_cpu_and_this_one_capped_compute_the_pinned_weights"
 APT_FAILS = "#!/bin/sh\necho 'E: Unable to locate package qemu-user' >&2\nexit 100\n"
 APT_INSTALLS = "#!/bin/sh\nexit 0\n"
 
