@@ -26,17 +26,21 @@ TORCH_INDEX := $(if $(TORCH_WHEEL),,--extra-index-url https://download.pytorch.o
 
 .PHONY: pipeline test check lint flow bench setup lock
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.built
 
 # Every package at the version and sha256 that requirements.lock names; pip and setuptools
 # first, so that the one sdist (antlr4-python3-runtime) builds with the locked setuptools.
-# The project itself is installed editable: setuptools' warning that imports then come from
-# the checkout says what is meant, and is silenced.
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-build.lock
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r requirements-build.lock
 	$(BIN)/python -m pip install -q --require-hashes --no-build-isolation $(TORCH_INDEX) \
 		-r requirements.lock
+	touch $@
+
+# The project itself, editable (setuptools' warning that imports then come from the checkout
+# says what is meant, and is silenced), with its one compiled part, siamese/_gemm.c, built by
+# setup.py with the machine's C compiler: again whenever that source changes.
+$(VENV)/.built: $(VENV)/.installed pyproject.toml setup.py siamese/_gemm.c
 	PYTHONWARNINGS="ignore:Editable installation" \
 		$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@

@@ -24,13 +24,15 @@ from siamese.trainlog import say
 
 LAST = paths.CHECKPOINTS / "last.pt"
 LIBRARY = Path(paths.__file__).parent
-# The code a resumed run must share with the run that saved: the stage and every project
-# module it imports (tests/test_stage_deps_list_their_imports.py checks that this is the
-# train stage's .py deps in dvc.yaml, and those, what importing tasks/train.py loads).
+# The code a resumed run must share with the run that saved: the stage, every project module
+# it imports and the C source of siamese.gemm's kernel (tests/test_stage_deps_list_their_imports
+# checks that this is the train stage's code deps in dvc.yaml, and those, what importing
+# tasks/train.py loads).
 CODE = tuple(LIBRARY.parent / name for name in (
     "tasks/train.py", "siamese/atomic.py", "siamese/augment.py", "siamese/checkpoints.py",
     "siamese/config.py", "siamese/cpu.py", "siamese/distributed.py", "siamese/episodes.py",
-    "siamese/errors.py", "siamese/gemm.py", "siamese/images.py", "siamese/lockcheck.py",
+    "siamese/errors.py", "siamese/gemm.py", "siamese/_gemm.c", "siamese/images.py",
+    "siamese/lockcheck.py",
     "siamese/model.py", "siamese/objectives.py", "siamese/paths.py", "siamese/scoring.py",
     "siamese/trainlog.py",
 ))

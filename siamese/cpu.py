@@ -17,10 +17,11 @@ kernel rounds its sums in its own order, so the same seed gives other weights on
 - oneDNN's and NNPACK's convolutions: by the instructions (`ONEDNN_MAX_CPU_ISA`) and by more
   (their blocking may follow the CPU's cache sizes), which no setting fixes.
 `avx2` pins ATen to its AVX2 kernels, which every x86-64 CPU since 2013-2015 runs, MKL to its
-COMPATIBLE branch, and convolves with ATen's im2col and MKL's matrix multiply instead of oneDNN
-or NNPACK (the thread count is pinned too, train.threads); oneDNN's ISA stays pinned for any
-other op torch hands it. `native` leaves each library to pick the fastest path for the CPU at
-hand.
+COMPATIBLE branch, and computes the convolutions and linear layers by siamese.gemm, whose
+every sum is a chain of fused multiply-adds in a fixed order, the same bits whatever
+instructions compute it (the thread count is pinned too, train.threads); oneDNN's ISA stays
+pinned for any other op torch hands it. `native` leaves each library to pick the fastest
+path for the CPU at hand.
 
 Allocator. glibc's malloc hands large freed blocks back to the kernel and faults them in again
 on the next step: a third of a training run's CPU time went to the kernel. `tune_allocator`
@@ -36,13 +37,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from siamese.errors import PipelineError
+
 PATHS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE", "OPENBLAS_CORETYPE": "Haswell"},
+             "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
     "native": {},
 }
-SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC",
-            "OPENBLAS_CORETYPE")
+SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_DYNAMIC")
 DEFAULT = "avx2"
 # The instruction sets that decide which kernels the libraries may pick.
 FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -149,20 +151,20 @@ def warnings(choice: str) -> list[str]:
 
 
 def kernels_in_force() -> bool:
-    """Whether the libraries loaded so far chose the `avx2` path's kernels (ATen's AVX2 ones,
-    OpenBLAS's Haswell ones): they read their settings when they load, never after."""
+    """Whether torch, if loaded, chose the `avx2` path's ATen kernels: it reads its setting when
+    it loads, never after."""
     torch = sys.modules.get("torch")
-    aten = torch is None or torch.backends.cpu.get_cpu_capability() == "AVX2"
-    return aten and openblas_kernels() in (None, "Haswell")
+    return torch is None or torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
-def openblas_kernels() -> str | None:
-    """The kernel set numpy's OpenBLAS chose (None before numpy loads)."""
-    if "numpy" not in sys.modules:
-        return None
+def gemm_isa() -> str | None:
+    """The instructions siamese.gemm's kernel runs on here (None where it is not built)."""
     from siamese import gemm
 
-    return gemm.corename()
+    try:
+        return gemm.isa()
+    except PipelineError:
+        return None
 
 
 def record(choice: str) -> dict[str, str]:
@@ -187,7 +189,7 @@ def describe(choice: str) -> dict[str, Any]:
         "settings": in_force(),
         "aten_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
         "onednn_convolutions": torch._C._get_mkldnn_enabled() if torch else None,
-        "openblas_kernels": openblas_kernels(),
+        "gemm_isa": gemm_isa(),
         "cpu": cpu_model(),
         "flags": cpu_flags(),
         "machine": platform.machine(),

@@ -9,6 +9,7 @@ group: gloo when the ranks train on the CPU (also on a machine with GPUs), nccl 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,21 +66,26 @@ def deterministic(cfg: TrainConfig) -> Iterator[None]:
 
     train.threads pins the intra-op thread count (CPU kernels split reductions by it);
     train.cpu_paths chooses the convolution kernels (siamese.cpu.kernels);
-    deterministic algorithms are on, warn-only as some CUDA kernels have none. Inter-op
-    threads are left alone: they run independent ops side by side and never split one, so
-    they cannot change a result.
+    deterministic algorithms are on, warn-only as some CUDA kernels have none, without their
+    filling of every new tensor with NaN (a check for reads of memory never written, which no
+    op of the network makes: a sixth of a CPU step). Inter-op threads are left alone: they
+    run independent ops side by side and never split one, so they cannot change a result.
     """
     threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    memory: Any = torch.utils.deterministic  # a module whose setting is a property
+    filling = memory.fill_uninitialized_memory
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    memory.fill_uninitialized_memory = False
     try:
         with cpu.kernels(cfg.cpu_paths):
             yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        memory.fill_uninitialized_memory = filling
 
 
 def seeds(seed: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:

@@ -1,20 +1,20 @@
-"""Convolutions and linear layers whose every multiply-add runs in one pinned SGEMM kernel.
+"""Convolutions and linear layers whose every sum is one fused multiply-add chain, in order.
 
 Under `train.cpu_paths: avx2` (siamese.cpu.kernels) the network's Conv2d and Linear layers
 (siamese.model) compute through the functions here instead of torch's: im2col + matrix
-multiply, their backward by the same multiplies, each multiply by OpenBLAS's SGEMM as numpy
-ships it, with the kernel pinned to its Haswell one (AVX2 + FMA; `OPENBLAS_CORETYPE`, set
-before numpy loads). MKL and oneDNN choose their kernels by the CPU's vendor, cache sizes or
-AVX-512, which no setting fixes; this kernel and its blocking are the same code on every x86-64
-CPU with AVX2 and FMA. OpenBLAS's own threads would part the sums by their count, so each call
-runs on one thread, over CHUNK_ROWS rows at a time, and train.threads of them run side by side:
-the bits never depend on the thread count. A weight gradient's long sum over every output
-pixel is the chunks' partial products, added in order.
+multiply, their backward by the same multiplies, each multiply by siamese/_gemm.c. There each
+element of a product is `c = fma(a[k], b[k], c)` for k in order, from 0: a result defined by
+the formula alone, which its AVX-512, AVX2 + FMA and scalar kernels all compute, whatever the
+CPU's vendor, caches or thread count (a BLAS, MKL and oneDNN sum in pieces the size of their
+blocking, which follows the CPU). The instruction set only sets the speed: the best this CPU
+has, or SIAMESE_GEMM_ISA's (avx512, avx2, scalar) to run another. A weight gradient's long
+sum over every output pixel is the chains of CHUNK_ROWS rows each, added in order.
 
 Elsewhere (a GPU, `native`, a layout these functions do not cover) the layers run torch's own.
 """
 
 import ctypes
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,31 +23,31 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-CORETYPE = "Haswell"
-CHUNK_ROWS = 4096  # rows of a at a time in each multiply (fixed: part of how it sums)
+from siamese.errors import PipelineError
+
+CHUNK_ROWS = 4096  # rows of a weight gradient's sum per chain (fixed: part of the result)
+ISAS = {"avx512": 4, "avx2": 2, "scalar": 1}  # siamese/_gemm.c's codes, fastest first
+ISA_SETTING = "SIAMESE_GEMM_ISA"
+SOURCE = Path(__file__).with_name("_gemm.c")
 
 _pool: ThreadPoolExecutor | None = None  # while pinned: the threads that run the chunks
 
 
 @contextmanager
 def pinned(threads: int) -> Iterator[None]:
-    """Within: the layers compute through OpenBLAS's pinned kernel, `threads` chunks at a time
-    (0: as many as the CPU has cores)."""
+    """Within: the layers compute through siamese/_gemm.c, `threads` chunks at a time (0: as
+    many as the CPU has cores)."""
     global _pool
-    library = openblas()
-    before = library.scipy_openblas_get_num_threads64_()
-    library.scipy_openblas_set_num_threads64_(1)  # its threads would split the sums by count
+    library()  # a missing build is said here, once
     was, _pool = _pool, ThreadPoolExecutor(threads or os.cpu_count(), "gemm")
     try:
         yield
     finally:
         _pool.shutdown()
         _pool = was
-        library.scipy_openblas_set_num_threads64_(before)
 
 
 def active(x: torch.Tensor) -> bool:
@@ -55,63 +55,92 @@ def active(x: torch.Tensor) -> bool:
 
 
 @cache
-def openblas() -> Any:
-    """numpy's OpenBLAS, already loaded by `import numpy`."""
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        if "libscipy_openblas" in line:
-            return ctypes.CDLL(line.split()[-1])
-    raise RuntimeError(f"numpy {np.__version__} does not bundle scipy-openblas")
+def library() -> Any:
+    """siamese/_gemm.c as built by the project's install, with its functions' signatures."""
+    try:
+        from siamese import _gemm  # type: ignore[attr-defined]
+    except ImportError:
+        raise PipelineError("siamese/_gemm.c is not built (its module siamese._gemm is missing): "
+                            "run `make setup`, or `pip install -e .` in the checkout") from None
+    lib = ctypes.CDLL(_gemm.__file__)
+    lib.siamese_gemm_source.restype = ctypes.c_char_p
+    if SOURCE.is_file() and lib.siamese_gemm_source().decode() != sha256_of(SOURCE):
+        raise PipelineError(f"{SOURCE} changed since {Path(_gemm.__file__).name} was built from "
+                            "it: run `make setup` (or `pip install -e .`) to build it again")
+    i64, pointer = ctypes.c_int64, ctypes.c_void_p
+    lib.siamese_gemm.argtypes = [ctypes.c_int, i64, i64, i64, pointer, i64, i64, pointer,
+                                 pointer, i64, pointer, pointer, i64, ctypes.c_int]
+    lib.siamese_gemm.restype = None
+    return lib
 
 
-def corename() -> str:
-    """The kernel set OpenBLAS chose when numpy loaded (e.g. Haswell, SkylakeX)."""
-    library = openblas()
-    library.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
-    return library.scipy_openblas_get_corename64_().decode()
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def numpy_of(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
-
-
-def starts(rows: int) -> range:
-    return range(0, rows, CHUNK_ROWS)
+def isa() -> str:
+    """The instruction set the kernel runs on: SIAMESE_GEMM_ISA's where set, else the fastest
+    this CPU has (the bits are the same either way)."""
+    here = [name for name, code in ISAS.items() if library().siamese_gemm_isas() & code]
+    wanted = os.environ.get(ISA_SETTING, "")
+    if not wanted:
+        return here[0]
+    if wanted not in here:
+        raise PipelineError(f"{ISA_SETTING}={wanted!r}: this CPU runs {', '.join(here)}")
+    return wanted
 
 
 def run_chunks(work: Callable[[int], Any], rows: int) -> list[Any]:
-    """work(start) for each chunk of `rows`, on the pool's threads (numpy's matmul lets go of
-    the GIL); the results in chunk order."""
+    """work(start) for each chunk of CHUNK_ROWS of `rows`, on the pool's threads (ctypes lets
+    go of the GIL); the results in chunk order."""
     assert _pool is not None
-    return list(_pool.map(work, starts(rows)))
+    return list(_pool.map(work, range(0, rows, CHUNK_ROWS)))
+
+
+def multiply(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, code: int) -> None:
+    """out = a @ b on this thread; a in any layout, b with contiguous rows, out contiguous."""
+    (m, k), n = a.shape, b.shape[1]
+    library().siamese_gemm(code, m, n, k, a.data_ptr(), a.stride(0), a.stride(1), None,
+                           b.data_ptr(), b.stride(0), None, out.data_ptr(), n, 0)
+
+
+def rows_contiguous(b: torch.Tensor) -> torch.Tensor:
+    return b if b.stride(1) == 1 else b.contiguous()
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b by OpenBLAS, CHUNK_ROWS rows of a at a time (either may be a transposed view:
-    BLAS reads it as it lies)."""
-    out = torch.empty(a.shape[0], b.shape[1], dtype=torch.float32)
-    a_np, b_np, out_np = numpy_of(a), numpy_of(b), out.numpy()
+    """a @ b, CHUNK_ROWS rows of a on each thread (a may be a transposed view)."""
+    b, code = rows_contiguous(b), ISAS[isa()]
+    out = torch.empty(a.shape[0], b.shape[1])
 
     def chunk(start: int) -> None:
         stop = start + CHUNK_ROWS
-        np.matmul(a_np[start:stop], b_np, out=out_np[start:stop])
+        multiply(a[start:stop], b, out[start:stop], code)
 
     run_chunks(chunk, a.shape[0])
     return out
 
 
 def mm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a.T @ b for tall a and b: the partial products of CHUNK_ROWS rows, added in order."""
-    a_np, b_np = numpy_of(a), numpy_of(b)
+    """a.T @ b for tall a and b: the products of CHUNK_ROWS rows each, added in order. Each
+    is computed as (a.T @ b) or as (b.T @ a).T, the same chains either way: whichever puts
+    the wider side (at least 16 columns) across the vectors."""
+    narrow, wide = sorted((a.shape[1], b.shape[1]))
+    across = narrow if narrow >= 16 else wide
+    left, right = (a, b) if b.shape[1] == across else (b, a)
+    left, right, code = left.contiguous(), right.contiguous(), ISAS[isa()]
 
-    def chunk(start: int) -> np.ndarray:
+    def chunk(start: int) -> torch.Tensor:
         stop = start + CHUNK_ROWS
-        return np.matmul(a_np[start:stop].T, b_np[start:stop])
+        out = torch.empty(left.shape[1], right.shape[1])
+        multiply(left[start:stop].t(), right[start:stop], out, code)
+        return out
 
     partials = run_chunks(chunk, a.shape[0])
     total = partials[0]
     for partial in partials[1:]:
         total += partial
-    return torch.from_numpy(total)
+    return total if left is a else total.t().contiguous()
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -123,6 +152,85 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T + bias over the last dimension of x."""
     return LinearFunction.apply(x, weight, bias)
+
+
+# A convolution over at least this many channels reads its receptive fields where they lie in
+# the (padded) image, a kernel row of kw * C numbers at a time; over fewer (the first layer's
+# one), such a row is too short for the vectors, and im2col writes the fields out first.
+IN_PLACE_CHANNELS = 16
+
+
+def padded_nhwc(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, H + 2p, W + 2p, C], contiguous, zeros around (only the border
+    written twice, not the whole image as F.pad does)."""
+    n, c, h, w = x.shape
+    p = padding
+    out = torch.empty(n, h + 2 * p, w + 2 * p, c)
+    if p:
+        out[:, :p].zero_()
+        out[:, p + h:].zero_()
+        out[:, p:p + h, :p].zero_()
+        out[:, p:p + h, p + w:].zero_()
+    out[:, p:p + h, p:p + w] = x.permute(0, 2, 3, 1)
+    return out
+
+
+def field_offsets(image: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """For each output pixel of a kh x kw convolution over `image` [N, Hp, Wp, C] (NHWC,
+    contiguous), where its receptive field starts: an int64 offset into the image."""
+    n, hp, wp, c = image.shape
+    batch = torch.arange(n).view(-1, 1, 1) * (hp * wp * c)
+    rows = torch.arange(hp - kh + 1).view(1, -1, 1) * (wp * c)
+    columns = torch.arange(wp - kw + 1).view(1, 1, -1) * c
+    return (batch + rows + columns).reshape(-1)
+
+
+def convolve_in_place(image: torch.Tensor, offsets: torch.Tensor, kernel: torch.Tensor,
+                      kh: int) -> torch.Tensor:
+    """[pixels, O]: each pixel's receptive field in `image` (at `offsets`) times `kernel`
+    [kh * kw * C, O], rows in the field's (i, j, c) order: one chain per output, over the
+    kernel's rows i one call after another (accumulate)."""
+    pixels, (depth, features) = len(offsets), kernel.shape
+    segment, row_stride, code = depth // kh, image.shape[2] * image.shape[3], ISAS[isa()]
+    out = torch.empty(pixels, features)
+    image_at, kernel_at, out_at = image.data_ptr(), kernel.data_ptr(), out.data_ptr()
+    offsets_at = offsets.data_ptr()
+
+    def chunk(start: int) -> None:
+        rows = min(CHUNK_ROWS, pixels - start)
+        for i in range(kh):
+            library().siamese_gemm(
+                code, rows, features, segment, image_at + 4 * i * row_stride, 0, 1,
+                offsets_at + 8 * start, kernel_at + 4 * i * segment * features, features, None,
+                out_at + 4 * start * features, features, int(i > 0))
+
+    run_chunks(chunk, pixels)
+    return out
+
+
+def field_gradient(grad_rows: torch.Tensor, image: torch.Tensor, offsets: torch.Tensor,
+                   kh: int, kw: int) -> torch.Tensor:
+    """grad_rows.T @ fields, [O, kh * kw * C], without writing the receptive fields out: the
+    products of CHUNK_ROWS pixels each, added in order (as mm_tn)."""
+    (pixels, features), channels = grad_rows.shape, image.shape[3]
+    segment, row_stride, code = kw * channels, image.shape[2] * channels, ISAS[isa()]
+    grad_at, image_at, offsets_at = grad_rows.data_ptr(), image.data_ptr(), offsets.data_ptr()
+
+    def chunk(start: int) -> torch.Tensor:
+        rows = min(CHUNK_ROWS, pixels - start)
+        out = torch.empty(features, kh * segment)
+        for i in range(kh):
+            library().siamese_gemm(
+                code, features, segment, rows, grad_at + 4 * start * features, 1, features,
+                None, image_at + 4 * i * row_stride, 0, offsets_at + 8 * start,
+                out.data_ptr() + 4 * i * segment, kh * segment, 0)
+        return out
+
+    partials = run_chunks(chunk, pixels)
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total
 
 
 def im2col(x: torch.Tensor, kh: int, kw: int, padding: int) -> torch.Tensor:
@@ -140,6 +248,13 @@ def flat_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
+def flipped_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """[O, C, kh, kw] -> [kh * kw * O, C]: the kernel turned half a turn, as the gradient of
+    the input convolves with it, rows in (i, j, o) order."""
+    o, c, kh, kw = weight.shape
+    return weight.flip(2, 3).permute(2, 3, 0, 1).reshape(kh * kw * o, c).contiguous()
+
+
 def col2im(cols: torch.Tensor, shape: torch.Size, kh: int, kw: int, padding: int
            ) -> torch.Tensor:
     """The adjoint of im2col: each receptive field's gradient added back at its pixels, one
@@ -155,35 +270,68 @@ def col2im(cols: torch.Tensor, shape: torch.Size, kh: int, kw: int, padding: int
     return inner.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
+def as_nchw(rows: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """[N * H * W, C] rows -> [N, C, H, W] in channels_last memory (a view)."""
+    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+
+
 class Conv2dFunction(torch.autograd.Function):
+    """Forward, the input's gradient and the weight's, each by siamese_gemm: over the image in
+    place where it has IN_PLACE_CHANNELS (the input's gradient as a convolution of the padded
+    output gradient with the flipped kernel), else over im2col's fields."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 padding: int) -> torch.Tensor:
-        out_channels, _, kh, kw = weight.shape
-        cols = im2col(x, kh, kw, padding)
-        out = mm(cols, flat_weight(weight).t())
+        out_channels, channels, kh, kw = weight.shape
+        n, _, h, w = x.shape
+        if channels >= IN_PLACE_CHANNELS:
+            image = padded_nhwc(x, padding)
+            offsets = field_offsets(image, kh, kw)
+            out = convolve_in_place(image, offsets, flat_weight(weight).t().contiguous(), kh)
+            ctx.save_for_backward(image, offsets, weight)
+        else:
+            cols = im2col(x, kh, kw, padding)
+            out = mm(cols, flat_weight(weight).t())
+            ctx.save_for_backward(cols, weight)
         if bias is not None:
             out += bias
-        ctx.save_for_backward(cols, weight)
         ctx.input_shape, ctx.padding, ctx.has_bias = x.shape, padding, bias is not None
-        n, _, h, w = x.shape
-        nhwc = out.view(n, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1, out_channels)
-        return nhwc.permute(0, 3, 1, 2)
+        return as_nchw(out, n, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        cols, weight = ctx.saved_tensors
+        *fields, weight = ctx.saved_tensors
         out_channels, _, kh, kw = weight.shape
-        rows = grad.permute(0, 2, 3, 1).reshape(-1, out_channels)
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, out_channels).contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_cols = mm(rows, flat_weight(weight))
-            grad_x = col2im(grad_cols, ctx.input_shape, kh, kw, ctx.padding)
-        if ctx.needs_input_grad[1]:
-            grad_w = mm_tn(rows, cols).view(out_channels, kh, kw, -1).permute(0, 3, 1, 2)
+            grad_x = input_gradient(grad, rows, weight, ctx.input_shape, ctx.padding)
+        if ctx.needs_input_grad[1] and len(fields) == 2:  # the image and its field offsets
+            image, offsets = fields
+            grad_w = field_gradient(rows, image, offsets, kh, kw)
+        elif ctx.needs_input_grad[1]:  # im2col's fields
+            grad_w = mm_tn(rows, fields[0])
+        if grad_w is not None:
+            grad_w = grad_w.view(out_channels, kh, kw, -1).permute(0, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b, None
+
+
+def input_gradient(grad: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                   shape: torch.Size, padding: int) -> torch.Tensor:
+    """The gradient of a convolution's input: the output gradient, padded by kh - 1 - padding,
+    convolved with the flipped kernel (in place, where the kernel has IN_PLACE_CHANNELS
+    outputs); else each field's gradient by mm, added back by col2im."""
+    out_channels, _, kh, kw = weight.shape
+    n, _, h, w = shape
+    border = kh - 1 - padding
+    if out_channels >= IN_PLACE_CHANNELS and border >= 0 and kw == kh:
+        image = padded_nhwc(grad, border)
+        return as_nchw(convolve_in_place(image, field_offsets(image, kh, kw),
+                                         flipped_kernel(weight), kh), n, h, w)
+    return col2im(mm(rows, flat_weight(weight)), shape, kh, kw, padding)
 
 
 class LinearFunction(torch.autograd.Function):

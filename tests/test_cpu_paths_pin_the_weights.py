@@ -106,7 +106,7 @@ def test_determinism_probe_computes_the_pinned_weights_and_scores(real_data_root
     assert done.returncode == 0, done.stderr
     probe, pinned = json.loads(done.stdout), pinned_probe(profile)
     assert probe["settings"] == cpu.PATHS["avx2"] and probe["aten_capability"] == "AVX2"
-    assert probe["openblas_kernels"] == "Haswell"
+    assert probe["gemm_isa"] in ("avx512", "avx2")  # the scalar fallback would take hours
     parted = first_difference(probe["layers"], pinned["layers"])
     where = f"{probe['cpu']} ({' '.join(probe['flags'])}); first to differ: {parted}"
     assert probe["weights_sha256"] == pinned["weights_sha256"], f"other weights on {where}"

@@ -28,8 +28,8 @@ def stages() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def code_deps(stage: dict) -> set[str]:
-    return {d for d in stage["deps"] if isinstance(d, str) and d.endswith(".py")}
+def code_deps(stage: dict, suffixes: tuple[str, ...] = (".py",)) -> set[str]:
+    return {d for d in stage["deps"] if isinstance(d, str) and d.endswith(suffixes)}
 
 
 def imported_files(modules: list[str]) -> dict[str, set[str]]:
@@ -60,4 +60,10 @@ def test_the_resume_key_hashes_the_code_files_train_depends_on():
 
     hashed = [Path(p).resolve().relative_to(ROOT).as_posix() for p in CODE]
     assert len(hashed) == len(set(hashed))
-    assert set(hashed) == code_deps(stages()["train"])
+    assert set(hashed) == code_deps(stages()["train"], (".py", ".c"))
+
+
+def test_a_stage_that_multiplies_by_the_kernel_depends_on_its_source():
+    for name, stage in stages().items():
+        if "siamese/gemm.py" in stage["deps"]:
+            assert "siamese/_gemm.c" in stage["deps"], f"dvc.yaml stage {name}"

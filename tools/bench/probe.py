@@ -242,8 +242,9 @@ EMULATED_CPUS = ("EPYC-Milan", "Haswell-v4")
 EMULATION_PROFILE = {"episode_alphabets": 1, "episode_characters": 6, "rotations": 1}
 EMULATION_STEPS = 2
 # The libraries' own switches that cap their instruction set at AVX2 (those the path does not
-# pin already): on a CPU with AVX-512, a kernel chosen by its presence gives other bits here.
-CAPPED_TO_AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# pin already), and siamese.gemm's: on a CPU with AVX-512, a kernel chosen by its presence
+# gives other bits here.
+CAPPED_TO_AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "SIAMESE_GEMM_ISA": "avx2"}
 
 
 def emulated_probes(choice: str, steps: int = EMULATION_STEPS,
@@ -342,7 +343,7 @@ def convolutions_by(result: dict[str, Any]) -> str:
         return "oneDNN"
     if result["cpu_paths"] == "native":
         return "ATen and MKL"
-    return f"im2col and OpenBLAS's {result.get('openblas_kernels')} SGEMM (siamese/gemm.py)"
+    return f"siamese/_gemm.c's fma chains, on {result.get('gemm_isa')} (siamese/gemm.py)"
 
 
 def main(argv: list[str] | None = None) -> None:
