@@ -61,7 +61,7 @@ lint: setup
 	mypy
 
 test: lint
-	pytest -q
+	pytest -q -n 2
 
 check: lint
 	pytest -q -m "not slow" -n 2

@@ -115,8 +115,9 @@ class Steps:
 
 @contextmanager
 def training_steps(cfg: Any, data: Any, steps: int) -> Iterator[Steps]:
-    """`steps` training steps of the profile, timed, with the rows of each (`recording_layers`
-    for the first, `state_rows` after each); within, still under its deterministic
+    """`steps` training steps of the profile, timed (the steps alone; the CPU times and faults
+    include the hashing), with the rows of each (`recording_layers` for the first,
+    `state_rows` after each); within, still under its deterministic
     settings and convolution kernels (siamese.distributed.deterministic), what they trained."""
     from siamese.distributed import deterministic
     from tools.bench.trainparts import step_runner
@@ -124,14 +125,20 @@ def training_steps(cfg: Any, data: Any, steps: int) -> Iterator[Steps]:
     with deterministic(cfg):
         step, net, optimizer = step_runner(cfg, data)
         before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        with recording_layers(net) as layers:
+        seconds = 0.0  # in the steps alone, not in hashing what they left
+
+        def timed_step() -> None:
+            nonlocal seconds
+            started = time.perf_counter()
             step()
+            seconds += time.perf_counter() - started
+
+        with recording_layers(net) as layers:
+            timed_step()
         layers += state_rows(net, optimizer, 1)
         for done in range(2, steps + 1):
-            step()
+            timed_step()
             layers += state_rows(net, optimizer, done)
-        seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         yield Steps(net, layers, cpu.describe(cfg.cpu_paths), seconds,
                     after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
