@@ -1,8 +1,9 @@
 """Convolutions and linear layers whose every sum is one fused multiply-add chain, in order.
 
 Under `train.cpu_paths: avx2` (siamese.cpu.kernels) the network's Conv2d and Linear layers
-(siamese.model) compute through the functions here instead of torch's: im2col + matrix
-multiply, their backward by the same multiplies, each multiply by siamese/_gemm.c. There each
+(siamese.model) compute through the functions here instead of torch's: matrix multiplies over
+each output pixel's receptive field, read in place in the padded image (im2col for a layer of
+few channels), their backward by the same multiplies, each by siamese/_gemm.c. There each
 element of a product is `c = fma(a[k], b[k], c)` for k in order, from 0: a result defined by
 the formula alone, which its AVX-512, AVX2 + FMA and scalar kernels all compute, whatever the
 CPU's vendor, caches or thread count (a BLAS, MKL and oneDNN sum in pieces the size of their
@@ -123,8 +124,8 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def mm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a.T @ b for tall a and b: the products of CHUNK_ROWS rows each, added in order. Each
-    is computed as (a.T @ b) or as (b.T @ a).T, the same chains either way: whichever puts
-    the wider side (at least 16 columns) across the vectors."""
+    is computed as (a.T @ b) or as (b.T @ a).T, the same chains either way: whichever has the
+    narrower side across the vectors, if that side fills one (16 columns), else the wider."""
     narrow, wide = sorted((a.shape[1], b.shape[1]))
     across = narrow if narrow >= 16 else wide
     left, right = (a, b) if b.shape[1] == across else (b, a)
@@ -136,11 +137,17 @@ def mm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         multiply(left[start:stop].t(), right[start:stop], out, code)
         return out
 
-    partials = run_chunks(chunk, a.shape[0])
+    total = in_order(run_chunks(chunk, a.shape[0]))
+    return total if left is a else total.t().contiguous()
+
+
+def in_order(partials: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the chunks' products, the first's plus the second's and so on (a fixed order:
+    the chunks are of fixed length, not one a thread)."""
     total = partials[0]
     for partial in partials[1:]:
         total += partial
-    return total if left is a else total.t().contiguous()
+    return total
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -226,11 +233,7 @@ def field_gradient(grad_rows: torch.Tensor, image: torch.Tensor, offsets: torch.
                 out.data_ptr() + 4 * i * segment, kh * segment, 0)
         return out
 
-    partials = run_chunks(chunk, pixels)
-    total = partials[0]
-    for partial in partials[1:]:
-        total += partial
-    return total
+    return in_order(run_chunks(chunk, pixels))
 
 
 def im2col(x: torch.Tensor, kh: int, kw: int, padding: int) -> torch.Tensor:
