@@ -272,7 +272,10 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
     lines.append("data set:       " + (f"fingerprint {data['fingerprint']}, " + ", ".join(
         f"{data[k]} {k}" for k in ("images", "alphabets", "characters") if k in data)
         if data else "not built"))
-    if rec["sources"]:
+    if rec["sources"] and "source" in rec["sources"]:  # your own images (tasks/index.py)
+        lines.append(f"images from:    {rec['sources']['source']}, fingerprint "
+                     f"{rec['sources']['images_fingerprint']}")
+    elif rec["sources"]:
         lines.append(f"Lake's runs:    fingerprint {rec['sources']['runs_fingerprint']}")
         lines += [f"zip:            sha256 {digest}  {name}"
                   for name, digest in sorted(rec["sources"]["zips"].items())]
