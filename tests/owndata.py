@@ -15,7 +15,7 @@ def glyph_params(source: Path, **dataset: Any) -> dict[str, dict[str, Any]]:
     return {
         "dataset": {"source": str(source), "test_count": 1, **dataset},
         "split": {"train_drawers": 2, "valid_drawers": 2, "holdout_drawers": 2},
-        "pairs": {"train_count": 100, "valid_count": 40},
+        "pairs": {"train_count": 40, "valid_count": 40},
         "trials": {"n_way": [3, 4], "per_alphabet": 10, "holdout_per_alphabet": 10},
     }
 
