@@ -59,6 +59,8 @@ def test_lineage_of_the_metrics_names_the_folder_and_its_fingerprint(clone):
     done = run(["siamese", "lineage", str(paths.METRICS)], root, PYTHONPATH=str(root))
     assert f"images from:    {source}, fingerprint {fingerprint}" in done.stdout
     assert f".dir  {source}\n" in done.stdout  # index's input: the folder, as DVC hashed it
+    image = run(["siamese", "lineage", "0"], root, PYTHONPATH=str(root)).stdout
+    assert image.startswith("image 0: Cyrillic_capital/") and f"in {source}\n" in image
 
 
 def test_dvc_watches_the_folder_in_place(clone):

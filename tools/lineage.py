@@ -229,7 +229,7 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
     keys = ("subset", "alphabet", "character", "character_id", "drawer", "path", "sha256")
     record: dict[str, Any] = {"image_id": image_id}
     record.update({k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keys})
-    record["file"] = (paths.RAW / locate(row["path"])[0]).as_posix()  # the zip holding it
+    record["file"] = image_source(root, row["path"])
     split = read_table(root, paths.SPLIT)
     if split is not None:
         roles = split.loc[split["image_id"] == image_id, "role"]
@@ -240,6 +240,14 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
         record["pairs_by_role"] = {k: int(v) for k, v in used["role"].value_counts().items()}
     record["trials"] = image_trials(root, image_id)
     return record
+
+
+def image_source(root: Path, path: str) -> str:
+    """What holds the image at manifest `path`: its Omniglot zip, or your own folder or zip
+    (dataset.source, as sources.json records it)."""
+    sources = root / paths.SOURCES
+    own = json.loads(sources.read_text()).get("source") if sources.exists() else None
+    return own or (paths.RAW / locate(path)[0]).as_posix()
 
 
 def image_trials(root: Path, image_id: int) -> list[dict[str, Any]] | None:
