@@ -256,9 +256,10 @@ def weight_decay(value: Any, name: str) -> float | tuple[float, ...]:
 
 
 def omniglot_or_path(value: str, name: str) -> str:
-    if not value.strip():
-        raise PipelineError(f"params.yaml: {name} must be data/raw (Omniglot) or the path of "
-                            "a folder or .zip of your images")
+    """data/raw (Omniglot, which fetch places there), or a folder or .zip that exists."""
+    if Path(value) != paths.RAW and not Path(value).exists():
+        raise PipelineError(f"params.yaml: {name} {value!r} is neither data/raw (Omniglot) nor "
+                            "a folder or .zip of your images that exists")
     return value
 
 

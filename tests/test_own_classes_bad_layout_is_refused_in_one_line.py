@@ -2,7 +2,8 @@
 same images as a zip give the same fingerprint, and each thing it cannot use is refused in one
 line naming the file and what is wrong, exit 1, with what was built before left as it was:
 a class with one image, an unreadable image, a file outside the layout, fewer classes than the
-largest n-way. A CLASS/IMAGE folder is one group, split by class."""
+largest n-way; and a dataset section it cannot use stops the params stage. A CLASS/IMAGE folder
+is one group, split by class."""
 
 import json
 import shutil
@@ -122,3 +123,17 @@ def test_a_class_image_folder_is_one_group_split_by_class(tmp_path, glyph_source
         {"train", "valid", "holdout"}
     trials = pd.read_parquet(root / paths.TRIALS)
     assert set(trials["trial_set"]) == {"valid", "holdout", "evaluation"}  # no Lake's runs
+
+
+@pytest.mark.parametrize(("dataset", "message"), [
+    ({"source": "no/such/folder"}, "dataset.source 'no/such/folder' is neither data/raw"),
+    ({"layout": "class/image", "test_by": "group"}, "dataset.test_by group needs layout"),
+    ({"sorce": "x"}, "dataset.sorce is not a parameter (did you mean dataset.source?)"),
+])
+def test_a_bad_dataset_section_stops_the_params_stage_in_one_line(tmp_path, glyph_source,
+                                                                    dataset, message):
+    write_params(tmp_path, glyph_params(glyph_source, **dataset))
+    result = run_stage(tmp_path, "params", glyph_source)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr

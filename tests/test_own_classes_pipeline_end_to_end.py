@@ -61,6 +61,9 @@ def test_lineage_of_the_metrics_names_the_folder_and_its_fingerprint(clone):
     assert f".dir  {source}\n" in done.stdout  # index's input: the folder, as DVC hashed it
     image = run(["siamese", "lineage", "0"], root, PYTHONPATH=str(root)).stdout
     assert image.startswith("image 0: Cyrillic_capital/") and f"in {source}\n" in image
+    forward = run(["siamese", "lineage", "0", "--reverse", "--json"], root, PYTHONPATH=str(root))
+    rerun = set(json.loads(forward.stdout)["stages_rerun"])
+    assert {"index", "split", "train", "evaluate"} <= rerun
 
 
 def test_dvc_watches_the_folder_in_place(clone):

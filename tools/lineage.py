@@ -9,6 +9,7 @@ dvc.lock is read as YAML (a stable format), so this needs neither DVC nor Prefec
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -240,6 +241,25 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
         record["pairs_by_role"] = {k: int(v) for k, v in used["role"].value_counts().items()}
     record["trials"] = image_trials(root, image_id)
     return record
+
+
+TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
+
+
+def resolved(dvc_yaml: str, params_yaml: str | None) -> str:
+    """dvc.yaml's text with each ${section.key} replaced by its value in params.yaml, as DVC
+    resolves it (the index stage's input is ${dataset.source})."""
+    params = yaml.safe_load(params_yaml or "") or {}
+
+    def value(match: re.Match[str]) -> str:
+        found: Any = params
+        for key in match.group(1).split("."):
+            if not isinstance(found, dict) or key not in found:
+                raise PipelineError(f"dvc.yaml: ${{{match.group(1)}}} is not in params.yaml")
+            found = found[key]
+        return str(found)
+
+    return TEMPLATE.sub(value, dvc_yaml)
 
 
 def image_source(root: Path, path: str) -> str:
