@@ -132,7 +132,9 @@ def test_a_class_image_folder_is_one_group_split_by_class(tmp_path, glyph_source
 ])
 def test_a_bad_dataset_section_stops_the_params_stage_in_one_line(tmp_path, glyph_source,
                                                                     dataset, message):
-    write_params(tmp_path, glyph_params(glyph_source, **dataset))
+    params = glyph_params(glyph_source)
+    params["dataset"].update(dataset)
+    write_params(tmp_path, params)
     result = run_stage(tmp_path, "params", glyph_source)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
