@@ -158,10 +158,12 @@ def fingerprint(lines: list[tuple[str, str]]) -> str:
 
 
 def check_fingerprint(digest: str, expected: str | None, key: str, what: Path | str) -> None:
+    """`key`: the parameter that pins the fingerprint (index.* for Omniglot's zips)."""
     if expected is not None and digest != expected:
+        data = "the official Omniglot" if key.startswith("index.") else "those images"
         raise PipelineError(
-            f"{what}: content fingerprint {digest} does not match index.{key} {expected} "
-            "(not the official Omniglot, or files changed)"
+            f"{what}: content fingerprint {digest} does not match {key} {expected} "
+            f"(not {data}, or files changed)"
         )
 
 
@@ -177,7 +179,7 @@ def build_images(raw: Path, p: IndexConfig) -> tuple[pd.DataFrame, np.ndarray, s
                             "height": "int64", "width": "int64"})
     digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
     zips = " and ".join(str(raw / name) for name in SUBSET_ZIPS.values())
-    check_fingerprint(digest, p.expected_fingerprint, "expected_fingerprint", zips)
+    check_fingerprint(digest, p.expected_fingerprint, "index.expected_fingerprint", zips)
     return images, pixels, digest
 
 
@@ -247,7 +249,7 @@ def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray,
     zip_path = raw / RUNS_ZIP
     entries = read_zip(zip_path)
     digest = fingerprint([(e.path, hashlib.sha256(e.data).hexdigest()) for e in entries])
-    check_fingerprint(digest, p.expected_runs_fingerprint, "expected_runs_fingerprint",
+    check_fingerprint(digest, p.expected_runs_fingerprint, "index.expected_runs_fingerprint",
                       zip_path)
     by_pixels: dict[bytes, list[int]] = {}
     for i in images.index[images["subset"] == "evaluation"]:
@@ -293,7 +295,7 @@ def sources(raw: Path, images_digest: str, runs_digest: str) -> dict[str, Any]:
     }
 
 
-def test_subset(found: list[OwnImage], d: DatasetConfig) -> list[str]:
+def own_subsets(found: list[OwnImage], d: DatasetConfig) -> list[str]:
     """Each image's subset: evaluation for a seeded dataset.test_count of the groups (or
     classes), background for the others."""
     def unit(i: OwnImage) -> tuple[str, ...]:
@@ -325,7 +327,7 @@ def build_own_images(d: DatasetConfig, p: IndexConfig,
         drawers.append(seen[i.group, i.cls])
     images = pd.DataFrame({
         "image_id": np.arange(len(found), dtype=np.int64),
-        "subset": test_subset(found, d),
+        "subset": own_subsets(found, d),
         "alphabet": [i.group for i in found],
         "character": [i.cls for i in found],
         "character_id": [classes[i.group, i.cls] for i in found],
@@ -337,7 +339,7 @@ def build_own_images(d: DatasetConfig, p: IndexConfig,
     }).astype({"character_id": "int64", "drawer": "int64", "height": "int64", "width": "int64"})
     pixels = decode_images(source, found, p.image_size)
     digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
-    check_fingerprint(digest, d.expected_fingerprint, "expected_fingerprint", source)
+    check_fingerprint(digest, d.expected_fingerprint, "dataset.expected_fingerprint", source)
     return images, pixels, digest
 
 

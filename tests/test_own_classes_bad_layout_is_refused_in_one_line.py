@@ -106,6 +106,13 @@ def test_fewer_classes_than_the_largest_n_way_is_refused(project):
     refused(root, source, f"{GROUPS * CLASSES} classes, fewer than the largest trials.n_way 25")
 
 
+def test_images_other_than_the_pinned_fingerprint_are_refused(project):
+    root, source = project
+    write_params(root, glyph_params(source, expected_fingerprint="0" * 64))
+    refused(root, source, f"{source}: content fingerprint", "does not match "
+            f"dataset.expected_fingerprint {'0' * 64} (not those images, or files changed)")
+
+
 def test_a_class_image_folder_is_one_group_split_by_class(tmp_path, glyph_source):
     source = Path(shutil.copytree(glyph_source / "Greek_small", tmp_path / "greek"))
     root = tmp_path / "project"
