@@ -255,7 +255,38 @@ def weight_decay(value: Any, name: str) -> float | tuple[float, ...]:
     return value
 
 
+def omniglot_or_path(value: str, name: str) -> str:
+    """data/raw (Omniglot, which fetch places there), or a folder or .zip that exists."""
+    if Path(value) != paths.RAW and not Path(value).exists():
+        raise PipelineError(f"params.yaml: {name} {value!r} is neither data/raw (Omniglot) nor "
+                            "a folder or .zip of your images that exists")
+    return value
+
+
 # ---------------------------------------------------------------- the sections
+
+
+@dataclass(frozen=True)
+class DatasetConfig(Section):
+    """The images: Omniglot's zips (source data/raw, where fetch places them) or a folder or
+    .zip of the user's own, GROUP/CLASS/IMAGE or CLASS/IMAGE, read in place by index."""
+
+    SECTION: ClassVar[str] = "dataset"
+    source: str = param(str, check=omniglot_or_path)
+    layout: str = param(str, choices=("group/class/image", "class/image"))
+    test_by: str = param(str, choices=("group", "class"))
+    test_count: int = param(int, lo=1)  # groups or classes, seeded, whose images are all test
+    seed: int = param(int, lo=0)
+    expected_fingerprint: str | None = param(check=fingerprint)
+
+    def validate(self) -> None:
+        if self.layout == "class/image" and self.test_by == "group":
+            raise PipelineError("params.yaml: dataset.test_by group needs layout "
+                                "group/class/image (class/image is one group); set it to class")
+
+    @property
+    def omniglot(self) -> bool:
+        return Path(self.source) == paths.RAW
 
 
 @dataclass(frozen=True)

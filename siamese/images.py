@@ -61,15 +61,16 @@ def decode_png(data: bytes, source: str, size: int = SIZE) -> np.ndarray:
     return np.asarray(gray) < 128
 
 
-def read_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
-    """Read a user's character image of any size and format into the training convention.
+def read_image_file(path: Path | str, size: int = SIZE, data: bytes | None = None) -> np.ndarray:
+    """Read a user's character image of any size and format into the training convention
+    (`data`: the file's bytes, where they are not at `path`, as an entry of a zip).
 
     Dark strokes on a light background (transparency laid on white; inverted if the border is
     dark), padded to a square with background, resized to size x size (box filter), thresholded
     at mid-grey. Images over MAX_PIXELS or MAX_SIDE are refused (see MAX_PIXELS); any failure
     to read is a one-line PipelineError naming the file.
     """
-    gray = read_gray(Path(path))
+    gray = read_gray(Path(path), data)
     ink = InkRows(gray)
     h, w = gray.shape
     side = max(h, w)
@@ -111,12 +112,13 @@ class InkRows:
         return 1.0 - ink if self.invert else ink
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """The image of `path` as uint8 grey [H, W], transparency laid on white, within the limits."""
+def read_gray(path: Path, data: bytes | None = None) -> np.ndarray:
+    """The image of `path` (or its bytes `data`) as uint8 grey [H, W], transparency laid on
+    white, within the limits."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            with Image.open(path) as opened:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 fit_within_limits(opened, path)
                 opened.load()
                 img: Image.Image = opened

@@ -53,10 +53,13 @@ def safe_member(name: str, zip_path: Path) -> PurePosixPath:
     return member
 
 
-def check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
-    """Name, layout and size limits of one entry, from the zip's directory (nothing inflated)."""
+def check_entry(info: zipfile.ZipInfo, zip_path: Path, omniglot: bool) -> None:
+    """Name, layout (of Omniglot's zips) and size limits of one entry, from the zip's directory
+    (nothing inflated)."""
     member = safe_member(info.filename, zip_path).as_posix() + ("/" if info.is_dir() else "")
-    if zip_path.name == RUNS_ZIP:
+    if not omniglot:
+        ok, expected = True, ""
+    elif zip_path.name == RUNS_ZIP:
         ok, expected = RUN_ENTRY.match(member) is not None, "runNN/..."
     else:
         top = zip_path.name.removesuffix(".zip") + "/"
@@ -73,8 +76,10 @@ def check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
 
 
 @contextmanager
-def open_zip(zip_path: Path) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]]:
-    """The open zip and its file entries (folders left out), each checked by check_entry."""
+def open_zip(zip_path: Path,
+             omniglot: bool = True) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]]:
+    """The open zip and its file entries (folders left out), each checked by check_entry
+    (omniglot False: a user's zip of images, whose layout index checks)."""
     if not zip_path.is_file():
         raise PipelineError(f"{zip_path}: not found; run the fetch stage first")
     try:
@@ -87,7 +92,7 @@ def open_zip(zip_path: Path) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.Zip
             raise PipelineError(f"{zip_path}: {len(entries)} entries, over the limit of "
                                 f"{MAX_ENTRIES}")
         for info in entries:
-            check_entry(info, zip_path)
+            check_entry(info, zip_path, omniglot)
         files = [info for info in entries if not info.is_dir()]
         if not files:
             raise PipelineError(f"{zip_path}: the zip holds no files")

@@ -6,6 +6,9 @@ layout and size limits (siamese/zips.py), so a truncated, repacked or hostile fi
 that names it. The zips land in data/raw only when all three are good, each under a temporary
 name first, so a failure leaves the previous ones intact. Nothing is unpacked: index reads the
 PNGs out of the zips, and DVC tracks three files instead of 32,460.
+
+With dataset.source other than data/raw (your own images, which index reads in place) there
+is nothing to fetch: data/raw, the stage's output, is an empty folder.
 """
 
 import hashlib
@@ -22,7 +25,7 @@ from typing import Any
 
 from siamese import paths
 from siamese.atomic import atomic_path
-from siamese.config import FetchConfig
+from siamese.config import DatasetConfig, FetchConfig
 from siamese.errors import PipelineError
 from siamese.zips import check_zip
 
@@ -131,6 +134,12 @@ def install(zips: dict[str, Path], raw: Path) -> None:
 
 def run(params: dict[str, Any]) -> None:
     p = FetchConfig.parse(params)
+    dataset = DatasetConfig.parse(params)
+    if not dataset.omniglot:
+        paths.RAW.mkdir(parents=True, exist_ok=True)
+        print(f"fetch: nothing to fetch, dataset.source is {dataset.source} (read in place by "
+              "index)")
+        return
     source = p.source
     with tempfile.TemporaryDirectory(prefix="omniglot-download-") as folder:
         if is_url(source):

@@ -9,6 +9,13 @@ The content fingerprint is the one defined by the data's README: sha256 over
 `<path inside the zip>\t<sha256 of the PNG>\n`, one line per PNG, sorted by path; the runs'
 fingerprint is the same over every file of all_runs.zip, class_labels.txt included, so Lake's
 labels are pinned like the images. Everything is validated before anything is written.
+
+With dataset.source other than data/raw, the images are the user's own (siamese/owndata.py):
+read in place from the folder or .zip, each hashed and decoded to the same ink masks, groups
+as alphabets, each class's images as its drawers in file-name order, and a seeded
+dataset.test_count of the groups (or classes, dataset.test_by) as the evaluation subset. The
+fingerprint is the same sha256 over `<path under the source>\t<sha256>` lines; there are no
+Lake's runs (lake_runs.parquet has no rows), and sources.json names the source.
 """
 
 import hashlib
@@ -22,9 +29,10 @@ import pandas as pd
 
 from siamese import paths
 from siamese.atomic import write_json, write_npy, write_parquet
-from siamese.config import IndexConfig
+from siamese.config import DatasetConfig, IndexConfig, TrialsConfig
 from siamese.errors import PipelineError
 from siamese.images import decode_png, pack
+from siamese.owndata import OwnImage, decode_images, read_layout
 from siamese.zips import (
     BACKGROUND_ZIP,
     EVALUATION_ZIP,
@@ -150,10 +158,12 @@ def fingerprint(lines: list[tuple[str, str]]) -> str:
 
 
 def check_fingerprint(digest: str, expected: str | None, key: str, what: Path | str) -> None:
+    """`key`: the parameter that pins the fingerprint (index.* for Omniglot's zips)."""
     if expected is not None and digest != expected:
+        data = "the official Omniglot" if key.startswith("index.") else "those images"
         raise PipelineError(
-            f"{what}: content fingerprint {digest} does not match index.{key} {expected} "
-            "(not the official Omniglot, or files changed)"
+            f"{what}: content fingerprint {digest} does not match {key} {expected} "
+            f"(not {data}, or files changed)"
         )
 
 
@@ -169,7 +179,7 @@ def build_images(raw: Path, p: IndexConfig) -> tuple[pd.DataFrame, np.ndarray, s
                             "height": "int64", "width": "int64"})
     digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
     zips = " and ".join(str(raw / name) for name in SUBSET_ZIPS.values())
-    check_fingerprint(digest, p.expected_fingerprint, "expected_fingerprint", zips)
+    check_fingerprint(digest, p.expected_fingerprint, "index.expected_fingerprint", zips)
     return images, pixels, digest
 
 
@@ -239,7 +249,7 @@ def build_lake_runs(raw: Path, images: pd.DataFrame, pixels: np.ndarray,
     zip_path = raw / RUNS_ZIP
     entries = read_zip(zip_path)
     digest = fingerprint([(e.path, hashlib.sha256(e.data).hexdigest()) for e in entries])
-    check_fingerprint(digest, p.expected_runs_fingerprint, "expected_runs_fingerprint",
+    check_fingerprint(digest, p.expected_runs_fingerprint, "index.expected_runs_fingerprint",
                       zip_path)
     by_pixels: dict[bytes, list[int]] = {}
     for i in images.index[images["subset"] == "evaluation"]:
@@ -285,17 +295,79 @@ def sources(raw: Path, images_digest: str, runs_digest: str) -> dict[str, Any]:
     }
 
 
+def own_subsets(found: list[OwnImage], d: DatasetConfig) -> list[str]:
+    """Each image's subset: evaluation for a seeded dataset.test_count of the groups (or
+    classes), background for the others."""
+    def unit(i: OwnImage) -> tuple[str, ...]:
+        return (i.group,) if d.test_by == "group" else (i.group, i.cls)
+
+    units = sorted({unit(i) for i in found})
+    if d.test_count >= len(units):
+        raise PipelineError(f"params.yaml: dataset.test_count {d.test_count} leaves none of the "
+                            f"{len(units)} {d.test_by}s of {d.source} to train on")
+    rng = np.random.default_rng(d.seed)
+    test = {units[i] for i in rng.choice(len(units), d.test_count, replace=False)}
+    return ["evaluation" if unit(i) in test else "background" for i in found]
+
+
+def build_own_images(d: DatasetConfig, p: IndexConfig,
+                     n_way: int) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The images manifest, ink masks and fingerprint of the user's folder or zip."""
+    source = Path(d.source)
+    found = read_layout(source, d.layout)
+    classes = {key: n for n, key in
+               enumerate(dict.fromkeys((i.group, i.cls) for i in found), start=1)}
+    if len(classes) < n_way:
+        raise PipelineError(f"{source}: {len(classes)} classes, fewer than the largest "
+                            f"trials.n_way {n_way}")
+    seen: dict[tuple[str, str], int] = {}
+    drawers = []  # each image's position in its class, in file-name order (found is sorted)
+    for i in found:
+        seen[i.group, i.cls] = seen.get((i.group, i.cls), 0) + 1
+        drawers.append(seen[i.group, i.cls])
+    images = pd.DataFrame({
+        "image_id": np.arange(len(found), dtype=np.int64),
+        "subset": own_subsets(found, d),
+        "alphabet": [i.group for i in found],
+        "character": [i.cls for i in found],
+        "character_id": [classes[i.group, i.cls] for i in found],
+        "drawer": drawers,
+        "path": [i.path for i in found],
+        "sha256": [hashlib.sha256(i.data).hexdigest() for i in found],
+        "height": p.image_size,
+        "width": p.image_size,
+    }).astype({"character_id": "int64", "drawer": "int64", "height": "int64", "width": "int64"})
+    pixels = decode_images(source, found, p.image_size)
+    digest = fingerprint(list(zip(images["path"], images["sha256"], strict=True)))
+    check_fingerprint(digest, d.expected_fingerprint, "dataset.expected_fingerprint", source)
+    return images, pixels, digest
+
+
+NO_RUNS = pd.DataFrame({"run": [], "kind": [], "position": [], "file": [], "image_id": [],
+                        "label": []}).astype({"run": "int64", "kind": "object",
+                                              "position": "int64", "file": "object",
+                                              "image_id": "int64", "label": "int64"})
+
+
 def run(params: dict[str, Any]) -> None:
+    d = DatasetConfig.parse(params)
     p = IndexConfig.parse(params)
-    raw = paths.RAW
-    images, pixels, digest = build_images(raw, p)
-    lake, runs_digest = build_lake_runs(raw, images, pixels, p)
-    info = summary(images, digest)
+    if d.omniglot:
+        raw = paths.RAW
+        images, pixels, digest = build_images(raw, p)
+        lake, runs_digest = build_lake_runs(raw, images, pixels, p)
+        info = summary(images, digest)
+        found = sources(raw, digest, runs_digest)
+    else:
+        images, pixels, digest = build_own_images(d, p, max(TrialsConfig.parse(params).n_way))
+        lake, runs_digest = NO_RUNS, "none (not Omniglot)"
+        info = {**summary(images, digest), "source": d.source}
+        found = {"source": d.source, "images_fingerprint": digest}
     write_parquet(images, paths.IMAGES, metadata={"fingerprint": digest})
     write_parquet(lake, paths.LAKE_RUNS)
     write_npy(pack(pixels), paths.PIXELS)
     write_json(info, paths.DATASET)
-    write_json(sources(raw, digest, runs_digest), paths.SOURCES)
+    write_json(found, paths.SOURCES)
     print(f"index: {info['images']} images, {info['alphabets']} alphabets, "
           f"{info['characters']} characters, {len(lake)} run images; fingerprint {digest}; "
           f"runs fingerprint {runs_digest}")

@@ -4,7 +4,9 @@ Each alphabet's drawers (split.by=drawer) or each character's drawings (split.by
 shuffled with the seed and cut into three slices of train_drawers, valid_drawers and
 holdout_drawers. What each slice becomes depends on the alphabet:
 
-- protocol lake: background alphabets train | valid | holdout; every evaluation image is test.
+- protocol lake: background alphabets train | valid | holdout; every evaluation image is test
+  (with your own images and dataset.test_by class, a group holds both: its test classes' images
+  are test, its other classes train | valid | holdout).
   With split.holdout_alphabets N, a seeded N of the background alphabets are holdout in all
   their drawers: alphabets the network never sees, as the test's, to choose settings on.
 - protocol koch (Koch et al. 2015): the 10 alphabets of Lake's 20 runs are test on the third
@@ -50,11 +52,15 @@ def alphabet_plans(images: pd.DataFrame, lake_alphabets: set[str], p: SplitConfi
     """alphabet -> the roles of its three slices."""
     subsets = images.drop_duplicates("alphabet").set_index("alphabet")["subset"].sort_index()
     if p.protocol in ("lake", "vinyals"):
-        training = set(subsets.index[subsets == "background"]) | vinyals_training(subsets, p)
+        background = set(images.loc[images["subset"] == "background", "alphabet"])
+        training = background | vinyals_training(subsets, p)
         held_out = holdout_alphabets(sorted(training), p)
         return {a: ("holdout",) * 3 if a in held_out else
                 ("train", "valid", "holdout") if a in training else ("test",) * 3
                 for a in subsets.index}
+    if not lake_alphabets:
+        raise PipelineError(f"split.protocol koch tests on the alphabets of Lake's runs, and "
+                            f"{paths.LAKE_RUNS} has none (only Omniglot has them); use lake")
     others = [a for a in subsets.index if a not in lake_alphabets]
     if len(others) <= KOCH_TRAIN_ALPHABETS:
         raise PipelineError(
@@ -121,6 +127,9 @@ def split_images(images: pd.DataFrame, lake: pd.DataFrame, params: dict[str, Any
             order[rng.permutation(len(group))] = np.arange(len(group))
         slices[[position[i] for i in group["image_id"]]] = slice_of(order, p)
     roles = [plans[a][s] for a, s in zip(images["alphabet"], slices, strict=True)]
+    if p.protocol == "lake":  # an evaluation image is test, also in a group that trains
+        roles = ["test" if subset == "evaluation" else role
+                 for subset, role in zip(images["subset"], roles, strict=True)]
     return pd.DataFrame({"image_id": images["image_id"].to_numpy(dtype=np.int64), "role": roles})
 
 

@@ -90,9 +90,11 @@ def sample_trials(images: pd.DataFrame, n_way: int, per_alphabet: int,
 
 
 def lake_trials(images: pd.DataFrame, lake: pd.DataFrame) -> pd.DataFrame:
-    """One 20-way trial per test item of each official run, candidates in class order."""
+    """One 20-way trial per test item of each official run, candidates in class order (none
+    where the data is not Omniglot)."""
     alphabet = images.set_index("image_id")["alphabet"]
     rows = []
+    positions: list[int] = []
     for _, run in lake.groupby("run", sort=True):
         classes = run[run["kind"] == "training"].sort_values("position")
         candidates = classes["image_id"].astype(int).tolist()
@@ -179,11 +181,14 @@ def build_trials(images: pd.DataFrame, split: pd.DataFrame, lake: pd.DataFrame,
     rng = np.random.default_rng(p.seed)
     labelled = images.merge(split, on="image_id", validate="one_to_one")
     test_alphabets = set(labelled.loc[labelled["role"] == "test", "alphabet"])
-    # choosing on a test alphabet's other drawers would leak; with split.holdout_alphabets,
-    # the holdout trials are those alphabets' alone (none of their characters trains)
-    holdout_excluded = set(test_alphabets)
+    train_alphabets = set(labelled.loc[labelled["role"] == "train", "alphabet"])
+    # choosing on a test alphabet's other drawers would leak (a group of your own images with
+    # test and training classes, dataset.test_by class, is not left out: the classes differ);
+    # with split.holdout_alphabets, the holdout trials are those alphabets' alone (none of
+    # their characters trains)
+    holdout_excluded = test_alphabets - train_alphabets
     if SplitConfig.parse(params).holdout_alphabets:
-        holdout_excluded |= set(labelled.loc[labelled["role"] == "train", "alphabet"])
+        holdout_excluded |= train_alphabets
     parts = []
     for trial_set, role in SETS:
         pool = labelled[labelled["role"] == role]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.flowkit import prefect_home
+from tests.owndata import render_glyphs
 from tests.stagekit import SHARED_DATA, build_data
 from tests.synthetic import SYNTHETIC_PARAMS, make_source
 
@@ -81,6 +82,13 @@ def shared_data() -> Path:
 def synthetic_source(tmp_path_factory) -> Path:
     """A small synthetic Omniglot source folder (zips + SHA256SUMS), built once per session."""
     return make_source(tmp_path_factory.mktemp("synthetic-omniglot"))
+
+
+@pytest.fixture(scope="session")
+def glyph_source(tmp_path_factory) -> Path:
+    """A second real data set, GROUP/CLASS/IMAGE: glyphs of the machine's fonts (tools/glyphs.py
+    and tests/owndata.py), built once per session; read-only for tests."""
+    return render_glyphs(tmp_path_factory.mktemp("glyphs") / "glyphs")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--query", type=Path, nargs="+", required=True, help="images to classify")
     classify.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
+    glyphs = commands.add_parser("glyphs", help="render a data set of your own kind from the "
+                                 "system's fonts: GROUP/CLASS/IMAGE, scripts, characters, fonts")
+    glyphs.add_argument("out", type=Path, help="the folder to write (dataset.source)")
+    glyphs.add_argument("--fonts", type=int, default=8, help="fonts (images) per character")
+    glyphs.add_argument("--classes", type=int, default=10, help="characters per script")
+
     export = commands.add_parser("export", help="the trained network as ONNX, to score "
                                  "without PyTorch (the onnx extra)")
     export.add_argument("--model", type=Path, default=paths.MODEL, help="trained checkpoint")
@@ -189,6 +195,11 @@ def dispatch(args: argparse.Namespace) -> None:
         from tools.classify import run as classify_images
 
         classify_images(args.model, args.support, args.query, device=args.device, out=sys.stdout)
+    elif args.command == "glyphs":
+        from tools.glyphs import render
+
+        count = render(args.out, args.fonts, args.classes)
+        print(f"glyphs: {count} images in {args.out}")
     elif args.command == "export":
         from tools.export import run as export_onnx
 

@@ -9,6 +9,7 @@ dvc.lock is read as YAML (a stable format), so this needs neither DVC nor Prefec
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -229,7 +230,7 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
     keys = ("subset", "alphabet", "character", "character_id", "drawer", "path", "sha256")
     record: dict[str, Any] = {"image_id": image_id}
     record.update({k: row[k].item() if hasattr(row[k], "item") else row[k] for k in keys})
-    record["file"] = (paths.RAW / locate(row["path"])[0]).as_posix()  # the zip holding it
+    record["file"] = image_source(root, row["path"])
     split = read_table(root, paths.SPLIT)
     if split is not None:
         roles = split.loc[split["image_id"] == image_id, "role"]
@@ -240,6 +241,33 @@ def image_lineage(root: Path, image_id: int) -> dict[str, Any]:
         record["pairs_by_role"] = {k: int(v) for k, v in used["role"].value_counts().items()}
     record["trials"] = image_trials(root, image_id)
     return record
+
+
+TEMPLATE = re.compile(r"\$\{([\w.]+)\}")
+
+
+def resolved(dvc_yaml: str, params_yaml: str | None) -> str:
+    """dvc.yaml's text with each ${section.key} replaced by its value in params.yaml, as DVC
+    resolves it (the index stage's input is ${dataset.source})."""
+    params = yaml.safe_load(params_yaml or "") or {}
+
+    def value(match: re.Match[str]) -> str:
+        found: Any = params
+        for key in match.group(1).split("."):
+            if not isinstance(found, dict) or key not in found:
+                raise PipelineError(f"dvc.yaml: ${{{match.group(1)}}} is not in params.yaml")
+            found = found[key]
+        return str(found)
+
+    return TEMPLATE.sub(value, dvc_yaml)
+
+
+def image_source(root: Path, path: str) -> str:
+    """What holds the image at manifest `path`: its Omniglot zip, or your own folder or zip
+    (dataset.source, as sources.json records it)."""
+    sources = root / paths.SOURCES
+    own = json.loads(sources.read_text()).get("source") if sources.exists() else None
+    return own or (paths.RAW / locate(path)[0]).as_posix()
 
 
 def image_trials(root: Path, image_id: int) -> list[dict[str, Any]] | None:
@@ -272,7 +300,10 @@ def format_artifact(rec: dict[str, Any]) -> list[str]:
     lines.append("data set:       " + (f"fingerprint {data['fingerprint']}, " + ", ".join(
         f"{data[k]} {k}" for k in ("images", "alphabets", "characters") if k in data)
         if data else "not built"))
-    if rec["sources"]:
+    if rec["sources"] and "source" in rec["sources"]:  # your own images (tasks/index.py)
+        lines.append(f"images from:    {rec['sources']['source']}, fingerprint "
+                     f"{rec['sources']['images_fingerprint']}")
+    elif rec["sources"]:
         lines.append(f"Lake's runs:    fingerprint {rec['sources']['runs_fingerprint']}")
         lines += [f"zip:            sha256 {digest}  {name}"
                   for name, digest in sorted(rec["sources"]["zips"].items())]

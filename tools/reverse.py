@@ -25,6 +25,7 @@ from tools.lineage import (
     load_lock,
     producer,
     read_table,
+    resolved,
     trial_kind,
 )
 
@@ -80,8 +81,10 @@ def downstream(stages: dict[str, dict[str, Any]], path: str) -> list[str]:
 
 def read_pipeline(root: Path) -> dict[str, dict[str, Any]]:
     path = root / "dvc.yaml"
+    params = root / paths.PARAMS
     try:
-        return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+        text = resolved(path.read_text(), params.read_text() if params.exists() else None)
+        return (yaml.safe_load(text) or {}).get("stages", {})
     except (OSError, yaml.YAMLError, AttributeError) as e:
         raise PipelineError(f"{path}: cannot read the pipeline ({e})") from None
 

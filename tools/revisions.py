@@ -20,7 +20,7 @@ import yaml
 
 from siamese import paths
 from siamese.errors import PipelineError
-from tools.lineage import covers, emit, entry_hash, flat_params, producer
+from tools.lineage import covers, emit, entry_hash, flat_params, producer, resolved
 
 LOCK = "dvc.lock"
 SAMPLES = 10  # paths listed per kind of image change
@@ -154,6 +154,7 @@ def stage_deps(root: Path, commit: str) -> dict[str, list[str]]:
     """dep path -> the stages of dvc.yaml (at `commit`) that depend on it, for deps that no
     stage writes (code and other files that git tracks)."""
     text = show(root, commit, "dvc.yaml")
+    text = resolved(text, show(root, commit, "params.yaml")) if text else text
     stages = (yaml.safe_load(text) or {}).get("stages", {}) if text else {}
     outs = set()
     for stage in stages.values():
