@@ -31,7 +31,7 @@ def hanging_fetch(tmp_path):
     server.listen(8)
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
     params = (REPO / "params.yaml").read_text()
-    start = params.index("  source: ")
+    start = params.index("  source: ", params.index("\nfetch:"))
     end = params.index("\n", start)
     (tmp_path / "params.yaml").write_text(params[:start] + f"  source: {url}" + params[end:])
     (tmp_path / "dvc.yaml").write_text(
