@@ -61,7 +61,7 @@ lint: setup
 	mypy
 
 test: lint
-	pytest -q -n 2
+	pytest -q -n 2 --dist loadfile
 
 check: lint
 	pytest -q -m "not slow" -n 2
